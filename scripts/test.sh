@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Runs every test of realtime-hub, installing first what the tests need on a fresh Debian
+# machine: redis-server (the Redis engine's tests start their own), Chromium and Node.js (the
+# demo page's browser tests), rustfmt and clippy.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "== installing: ${missing[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+
+echo "== format and lints"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+
+echo "== Rust tests (unit and integration, against the real hub)"
+cargo test --workspace
+
+echo "== the single-node suites again, on the Redis engine (each node on its own redis-server)"
+HUB_TEST_ENGINE=redis cargo test --test channels --test recovery --test connect --test hostile \
+  --test backpressure --test api --test smoke
+
+if [ -x tests/browser/run.sh ]; then
+  echo "== browser tests (Playwright on Debian's Chromium)"
+  cargo build --bin realtime-hub
+  HUB_BIN="$PWD/target/debug/realtime-hub" tests/browser/run.sh
+fi

@@ -1,0 +1,75 @@
+//! What every part of a running node shares: the validated config, the engine, the Hub's
+//! address, the token verifier, the counters and the draining flag.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::Addr;
+
+use crate::auth::Verifier;
+use crate::bridge::streams::Streams;
+use crate::config::Config;
+use crate::engine::Engine;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::protocol::namespace;
+
+pub struct AppState {
+    pub config: Config,
+    pub engine: Arc<dyn Engine>,
+    pub hub: Addr<Hub>,
+    pub verifier: Verifier,
+    pub metrics: Arc<Metrics>,
+    pub started: Instant,
+    /// The Streams ingestion (Redis engine only): dead letters, `/api/info` figures and the
+    /// per-stream counters (`streams.counters()`, for `/metrics`). Stopped by the shutdown.
+    pub streams: Option<Arc<Streams>>,
+    /// Set once shutdown begins: `/ready` answers 503 and new connections are refused.
+    draining: AtomicBool,
+}
+
+impl AppState {
+    pub fn new(
+        config: Config,
+        engine: Arc<dyn Engine>,
+        hub: Addr<Hub>,
+        verifier: Verifier,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        AppState {
+            config,
+            engine,
+            hub,
+            verifier,
+            metrics,
+            started: Instant::now(),
+            streams: None,
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    /// With the Streams ingestion this node runs.
+    pub fn with_streams(mut self, streams: Option<Arc<Streams>>) -> Self {
+        self.streams = streams;
+        self
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.config.node_id
+    }
+
+    /// Whether `channel`'s namespace gets join/leave pushes.
+    pub fn announces(&self, channel: &str) -> bool {
+        namespace(channel)
+            .is_some_and(|ns| self.config.join_leave_namespaces.iter().any(|n| n == ns))
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+}

@@ -1,0 +1,234 @@
+//! Who a connection is and what it may do: JWT verification (HS256 with a secret, RS256/ES256
+//! with a public key, nothing else), the claims the hub uses, and channel permissions.
+//! Knows nothing about sockets or engines.
+
+mod pattern;
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+pub use pattern::Pattern;
+
+use crate::config::Config;
+use crate::protocol::Close;
+
+/// Clock leeway for `exp` and `nbf`: tolerates small clock skew between the token issuer and
+/// the hub; the contract allows at most 5 s.
+pub const LEEWAY_S: u64 = 2;
+
+/// Why a token was refused; each maps to one close reason of the contract.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthError {
+    Invalid(String),
+    Expired,
+}
+
+impl AuthError {
+    pub fn close(&self) -> Close {
+        match self {
+            AuthError::Invalid(_) => Close::InvalidToken,
+            AuthError::Expired => Close::TokenExpired,
+        }
+    }
+}
+
+impl std::fmt::Display for AuthError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AuthError::Invalid(why) => write!(f, "invalid token: {why}"),
+            AuthError::Expired => f.write_str("token expired"),
+        }
+    }
+}
+
+/// The claims the hub reads.
+#[derive(Debug, Deserialize)]
+struct Claims {
+    sub: Option<String>,
+    exp: u64,
+    channels: Option<Vec<String>>,
+    publish: Option<Vec<String>>,
+    info: Option<Box<RawValue>>,
+}
+
+/// A verified user and what the token lets them do.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub user: String,
+    /// The token's `exp`, Unix seconds.
+    pub expires_at: u64,
+    subscribe: Vec<Pattern>,
+    publish: Vec<Pattern>,
+    /// The token's `info`, shown to others in presence.
+    pub info: Option<Arc<RawValue>>,
+}
+
+impl Identity {
+    /// `user:<sub>` belongs to its user alone; other channels follow the token's patterns.
+    pub fn can_subscribe(&self, channel: &str) -> bool {
+        match channel.strip_prefix("user:") {
+            Some(owner) => owner == self.user,
+            None => pattern::any_match(&self.subscribe, channel),
+        }
+    }
+
+    /// Publishing needs a matching `publish` pattern; another user's personal channel is never
+    /// open to a client, whatever its patterns.
+    pub fn can_publish(&self, channel: &str) -> bool {
+        match channel.strip_prefix("user:") {
+            Some(owner) if owner != self.user => false,
+            _ => pattern::any_match(&self.publish, channel),
+        }
+    }
+}
+
+/// Verifies tokens with the configured keys only.
+pub struct Verifier {
+    hs256: Option<DecodingKey>,
+    public: Option<(DecodingKey, Algorithm)>,
+    default_subscribe: Vec<Pattern>,
+    default_publish: Vec<Pattern>,
+}
+
+impl Verifier {
+    pub fn new(config: &Config) -> Result<Self, String> {
+        let hs256 = config.jwt.secret.as_deref().map(DecodingKey::from_secret);
+        let public = match config.jwt.public_key_pem.as_deref() {
+            None => None,
+            Some(pem) => Some(
+                DecodingKey::from_rsa_pem(pem)
+                    .map(|k| (k, Algorithm::RS256))
+                    .or_else(|_| DecodingKey::from_ec_pem(pem).map(|k| (k, Algorithm::ES256)))
+                    .map_err(|e| {
+                        format!(
+                            "HUB_JWT_PUBLIC_KEY is neither an RSA nor an EC public key in PEM: {e}"
+                        )
+                    })?,
+            ),
+        };
+        Ok(Verifier {
+            hs256,
+            public,
+            default_subscribe: config
+                .default_channels
+                .iter()
+                .map(|p| Pattern::new(p))
+                .collect(),
+            default_publish: config
+                .default_publish
+                .iter()
+                .map(|p| Pattern::new(p))
+                .collect(),
+        })
+    }
+
+    pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|e| AuthError::Invalid(format!("malformed: {e}")))?;
+        let key = match (header.alg, &self.hs256, &self.public) {
+            (Algorithm::HS256, Some(key), _) => key,
+            (alg, _, Some((key, configured))) if alg == *configured => key,
+            (alg, _, _) => {
+                return Err(AuthError::Invalid(format!(
+                    "algorithm {alg:?} is not accepted"
+                )))
+            }
+        };
+        let mut validation = Validation::new(header.alg);
+        validation.algorithms = vec![header.alg];
+        validation.leeway = LEEWAY_S;
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.validate_aud = false;
+        validation.set_required_spec_claims(&["exp"]);
+        let claims = jsonwebtoken::decode::<Claims>(token, key, &validation)
+            .map_err(|e| match e.kind() {
+                ErrorKind::ExpiredSignature => AuthError::Expired,
+                _ => AuthError::Invalid(e.to_string()),
+            })?
+            .claims;
+        let user = claims
+            .sub
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| AuthError::Invalid("missing or empty `sub`".into()))?;
+        let info = match claims.info {
+            Some(raw) if raw.get().trim_start().starts_with('{') => Some(Arc::from(raw)),
+            Some(_) => return Err(AuthError::Invalid("`info` must be an object".into())),
+            None => None,
+        };
+        let patterns = |given: Option<Vec<String>>, default: &Vec<Pattern>| match given {
+            Some(list) => list.iter().map(|p| Pattern::new(p)).collect(),
+            None => default.clone(),
+        };
+        Ok(Identity {
+            subscribe: patterns(claims.channels, &self.default_subscribe),
+            publish: patterns(claims.publish, &self.default_publish),
+            user,
+            expires_at: claims.exp,
+            info,
+        })
+    }
+}
+
+/// What a minted token grants.
+#[derive(Debug, Serialize)]
+pub struct MintClaims {
+    pub sub: String,
+    pub exp: u64,
+    pub iat: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub channels: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub publish: Option<Vec<String>>,
+}
+
+impl MintClaims {
+    pub fn new(
+        user: &str,
+        ttl_s: u64,
+        channels: Option<Vec<String>>,
+        publish: Option<Vec<String>>,
+    ) -> Self {
+        let now = unix_seconds();
+        MintClaims {
+            sub: user.to_owned(),
+            exp: now + ttl_s,
+            iat: now,
+            channels,
+            publish,
+        }
+    }
+}
+
+/// Signs claims with an HS256 secret (development tokens and the `token` subcommand).
+pub fn mint_hs256(claims: &MintClaims, secret: &[u8]) -> Result<String, String> {
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret),
+    )
+    .map_err(|e| e.to_string())
+}
+
+pub fn unix_seconds() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+pub fn unix_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+pub fn unix_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

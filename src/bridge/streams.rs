@@ -1,0 +1,747 @@
+//! Service events through Redis Streams (PROTOCOL §4): one reader task per stream of
+//! `HUB_STREAMS`, all in one consumer group (`HUB_STREAM_GROUP`), this node a consumer named
+//! after its node id. It owns the ingestion: reading in batches, publishing each entry through
+//! the engine (history, fan-out and `event_id` dedup are the engine's), acknowledging in
+//! batches only what was published, dead-lettering what cannot be, claiming what dead nodes
+//! left pending and removing their consumers. It knows nothing about sessions or the wire; the
+//! HTTP layer reaches the dead letters and the figures through [`Streams`].
+//!
+//! Each reader works through its stream in order, one batch at a time:
+//!
+//! 1. At start (and after a reconnect or a claim) it re-reads its own pending entries (`0`),
+//!    so a node restarted with the same `HUB_NODE_ID` finishes what it had taken; then it
+//!    blocks for new ones (`>`).
+//! 2. An entry that can never succeed (see [`entry::classify`]) goes to `<stream>:dlq` at
+//!    once. A publish that fails (the engine is unavailable) stops the batch there: that entry
+//!    and the ones behind it stay pending, and the reader retries the entry alone with backoff
+//!    (so a channel's entries keep their stream order) until it succeeds or has been delivered
+//!    `HUB_STREAM_MAX_DELIVERIES` times, when it is dead-lettered and the rest follow.
+//! 3. Dead letters and acknowledgements of a batch are written in one `MULTI`: an entry is
+//!    never both dead-lettered and left pending.
+//! 4. Every `HUB_STREAM_CLAIM_IDLE_MS / 2` (at most 5 s) it claims entries idle that long
+//!    (`XAUTOCLAIM`) and removes the consumers of dead nodes that hold nothing pending.
+//!
+//! On shutdown a reader stops reading (a blocked read is released with `CLIENT UNBLOCK`),
+//! finishes the batch in hand and leaves anything else pending for the next owner.
+
+mod dead_letters;
+pub mod entry;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::{AsyncConnectionConfig, RedisResult, Value};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use dead_letters::{DeadLetter, StreamInfo};
+use entry::{Entry, Verdict};
+
+use super::backoff::Backoff;
+use crate::auth::unix_millis;
+use crate::config::Config;
+use crate::engine::redis::Keys;
+use crate::engine::Engine;
+
+/// Most entries read, and acknowledged, at once.
+const BATCH: usize = 100;
+/// Longest blocking read; a stop releases it at once.
+const MAX_BLOCK: Duration = Duration::from_secs(1);
+/// How long one non-blocking command, or a connection attempt, may take.
+const COMMAND_DEADLINE: Duration = Duration::from_secs(2);
+/// Longest pause between two claim rounds, whatever `HUB_STREAM_CLAIM_IDLE_MS`.
+const MAX_MAINTENANCE_PERIOD: Duration = Duration::from_secs(5);
+/// `XAUTOCLAIM` calls per claim round (each scans at most ten times `BATCH` pending entries).
+const CLAIM_CALLS_PER_ROUND: usize = 10;
+
+/// Removes a consumer only if nothing is pending on it, in one step: `XGROUP DELCONSUMER`
+/// discards the pending entries of the consumer it removes (TRAPS), and between a check and a
+/// separate delete a restarted node of that name could have read some.
+/// KEYS: stream. ARGV: group, consumer. Returns the entries discarded (0) or -1 when kept.
+static DELETE_IDLE_CONSUMER: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+local pending = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])
+if #pending > 0 then return -1 end
+return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+",
+    )
+});
+
+/// The settings ingestion runs with.
+#[derive(Debug, Clone)]
+pub struct StreamSettings {
+    pub streams: Vec<String>,
+    pub group: String,
+    /// This node's consumer name: its node id.
+    pub consumer: String,
+    pub max_deliveries: u64,
+    pub claim_idle: Duration,
+    /// `HUB_MAX_PUBLICATION_BYTES`: larger `data` is poison.
+    pub max_data_bytes: usize,
+    /// The sorted set of live nodes' leases: the consumer of a node holding one is never removed.
+    pub nodes_key: String,
+}
+
+impl StreamSettings {
+    pub fn from_config(config: &Config, keys: &Keys) -> Self {
+        StreamSettings {
+            streams: config.streams.clone(),
+            group: config.stream_group.clone(),
+            consumer: config.node_id.clone(),
+            max_deliveries: u64::from(config.stream_max_deliveries.max(1)),
+            claim_idle: config.stream_claim_idle,
+            max_data_bytes: config.max_publication_bytes,
+            nodes_key: keys.nodes(),
+        }
+    }
+
+    /// How often a reader claims idle entries and looks for dead consumers.
+    fn maintenance_period(&self) -> Duration {
+        (self.claim_idle / 2).clamp(Duration::from_millis(50), MAX_MAINTENANCE_PERIOD)
+    }
+
+    /// How long a consumer with nothing pending must have been idle (and its node gone) before
+    /// it is removed from the group.
+    fn dead_consumer_idle(&self) -> Duration {
+        (self.claim_idle * 2).max(Duration::from_secs(1))
+    }
+}
+
+/// The dead-letter stream of `stream`.
+pub fn dead_letter_stream(stream: &str) -> String {
+    format!("{stream}:dlq")
+}
+
+/// What one stream's reader did on this node, since start. Written only by that reader; read by
+/// whoever reports figures (`/metrics`: `hub_stream_entries_total{stream,result}`).
+#[derive(Debug)]
+pub struct StreamCounters {
+    pub stream: String,
+    /// Entries published (or found already published) and acknowledged.
+    pub acked: AtomicU64,
+    /// Of those, the ones that made a new publication (not a duplicate `event_id`): what
+    /// `hub_publications_total{source="stream"}` counts.
+    pub published: AtomicU64,
+    /// Publish attempts that failed for a passing reason; the entry stayed pending.
+    pub retried: AtomicU64,
+    /// Entries moved to the dead letters (and acknowledged).
+    pub dead: AtomicU64,
+}
+
+impl StreamCounters {
+    fn new(stream: &str) -> Self {
+        StreamCounters {
+            stream: stream.to_owned(),
+            acked: AtomicU64::new(0),
+            published: AtomicU64::new(0),
+            retried: AtomicU64::new(0),
+            dead: AtomicU64::new(0),
+        }
+    }
+}
+
+/// This node's Streams ingestion: the readers, their counters, and the dead-letter operations
+/// of the server API. Held by the app state; [`Streams::stop`] ends the readers.
+pub struct Streams {
+    settings: Arc<StreamSettings>,
+    /// For the server API and for releasing blocked readers; the readers read on their own
+    /// connections, because a blocking read holds its connection.
+    conn: ConnectionManager,
+    /// One per stream, in `settings.streams` order; shared with that stream's reader.
+    counters: Vec<Arc<StreamCounters>>,
+    /// Set to `true` once the node shuts down; every reader watches it.
+    stop: watch::Sender<bool>,
+    /// The reader tasks, taken (and awaited) by [`Streams::stop`].
+    readers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Streams {
+    /// Starts one reader per stream. Connects lazily: readers retry with backoff until Redis
+    /// answers. Must be called inside the actix system.
+    pub fn start(
+        client: &redis::Client,
+        settings: StreamSettings,
+        engine: Arc<dyn Engine>,
+    ) -> Result<Arc<Streams>, String> {
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(COMMAND_DEADLINE))
+            .set_response_timeout(Some(COMMAND_DEADLINE))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
+            .map_err(|e| format!("HUB_REDIS_URL: {e}"))?;
+        let settings = Arc::new(settings);
+        let (stop, _) = watch::channel(false);
+        let counters: Vec<Arc<StreamCounters>> = settings
+            .streams
+            .iter()
+            .map(|s| Arc::new(StreamCounters::new(s)))
+            .collect();
+        let readers = counters
+            .iter()
+            .map(|counters| {
+                let reader = Reader {
+                    stream: counters.stream.clone(),
+                    dlq: dead_letter_stream(&counters.stream),
+                    settings: Arc::clone(&settings),
+                    client: client.clone(),
+                    control: conn.clone(),
+                    engine: Arc::clone(&engine),
+                    counters: Arc::clone(counters),
+                    stop: stop.subscribe(),
+                };
+                actix::spawn(reader.run())
+            })
+            .collect();
+        log::info!(
+            streams = settings.streams.join(","), group = settings.group.as_str();
+            "reading service events"
+        );
+        Ok(Arc::new(Streams {
+            settings,
+            conn,
+            counters,
+            stop,
+            readers: Mutex::new(readers),
+        }))
+    }
+
+    /// Per-stream counters, in `HUB_STREAMS` order.
+    pub fn counters(&self) -> &[Arc<StreamCounters>] {
+        &self.counters
+    }
+
+    /// Stops reading; each reader finishes the batch in hand (acknowledging what it
+    /// published). Waits for them at most `within`: what is still in flight then stays
+    /// pending, for this node after a restart or for the others after the claim idle time.
+    pub async fn stop(&self, within: Duration) {
+        self.stop.send_replace(true);
+        let readers = std::mem::take(
+            &mut *self
+                .readers
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+        if readers.is_empty() {
+            return;
+        }
+        let all = futures_util::future::join_all(readers);
+        if tokio::time::timeout(within, all).await.is_err() {
+            log::warn!(
+                "stream readers still busy at the shutdown timeout; their entries stay pending"
+            );
+        }
+    }
+}
+
+/// A reader's own connection and its Redis client id (to release it from a blocking read).
+struct Link {
+    conn: MultiplexedConnection,
+    client_id: i64,
+}
+
+/// Why a reader's time on one connection ended.
+enum Ended {
+    Stopped,
+    Failed(redis::RedisError),
+}
+
+impl From<redis::RedisError> for Ended {
+    fn from(e: redis::RedisError) -> Self {
+        Ended::Failed(e)
+    }
+}
+
+/// An entry on its way to the dead letters.
+struct Dead<'a> {
+    entry: &'a Entry,
+    reason: String,
+    deliveries: u64,
+}
+
+/// What handling a batch came to.
+#[derive(Default)]
+struct Outcome<'a> {
+    /// Published (or already published, or gone): acknowledge.
+    acked: Vec<&'a str>,
+    /// Dead-letter, then acknowledge.
+    dead: Vec<Dead<'a>>,
+    /// The entry whose publish failed for a passing reason, with the error; it and everything
+    /// after it in the batch stay pending.
+    failed: Option<(&'a str, String)>,
+}
+
+/// One stream's reader task.
+struct Reader {
+    stream: String,
+    dlq: String,
+    settings: Arc<StreamSettings>,
+    client: redis::Client,
+    /// The shared connection, used to release this reader's blocking read on stop.
+    control: ConnectionManager,
+    engine: Arc<dyn Engine>,
+    counters: Arc<StreamCounters>,
+    stop: watch::Receiver<bool>,
+}
+
+impl Reader {
+    async fn run(mut self) {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        loop {
+            let ended = match self.connect().await {
+                Ok(link) => self.consume(link, &mut backoff).await,
+                Err(e) => Ended::Failed(e),
+            };
+            let Ended::Failed(e) = ended else {
+                break;
+            };
+            let wait = backoff.next_delay();
+            log::warn!(
+                stream = self.stream.as_str(), error:% = e, retry_in_ms = wait.as_millis() as u64;
+                "stream reader cannot reach redis"
+            );
+            if self.pause(wait).await {
+                break;
+            }
+        }
+        log::info!(stream = self.stream.as_str(); "stream reader stopped");
+    }
+
+    /// Whether the node is stopping (or the handle is gone).
+    fn stopped(&mut self) -> bool {
+        *self.stop.borrow_and_update() || self.stop.has_changed().is_err()
+    }
+
+    /// Sleeps for `wait` unless stopped first; `true` when stopped.
+    async fn pause(&mut self, wait: Duration) -> bool {
+        if self.stopped() {
+            return true;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => self.stopped(),
+            _ = self.stop.changed() => true,
+        }
+    }
+
+    async fn connect(&self) -> RedisResult<Link> {
+        // A blocking read must not be cut short by the response timeout.
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(COMMAND_DEADLINE))
+            .set_response_timeout(Some(MAX_BLOCK + COMMAND_DEADLINE));
+        let mut conn = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        let client_id: i64 = redis::cmd("CLIENT")
+            .arg("ID")
+            .query_async(&mut conn)
+            .await?;
+        self.ensure_group(&mut conn).await?;
+        Ok(Link { conn, client_id })
+    }
+
+    /// Creates the group (and the stream) unless it exists. The group starts at the stream's
+    /// beginning, so entries a service appended before any node ran are not skipped.
+    async fn ensure_group(&self, conn: &mut MultiplexedConnection) -> RedisResult<()> {
+        let created = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&self.stream)
+            .arg(&self.settings.group)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async::<()>(conn)
+            .await;
+        match created {
+            Ok(()) => {
+                log::info!(
+                    stream = self.stream.as_str(), group = self.settings.group.as_str();
+                    "consumer group created"
+                );
+                Ok(())
+            }
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reads and handles batches until stopped or the connection fails.
+    async fn consume(&mut self, mut link: Link, backoff: &mut Backoff) -> Ended {
+        // Own pending entries first: whatever this consumer took before and never acknowledged.
+        let mut cursor: Option<String> = Some("0".to_owned());
+        let mut retrying = false;
+        let mut retry_backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
+        let period = self.settings.maintenance_period();
+        let mut next_maintenance = Instant::now();
+        loop {
+            if self.stopped() {
+                return Ended::Stopped;
+            }
+            if Instant::now() >= next_maintenance {
+                match self.claim(&mut link.conn).await {
+                    Ok(0) => {}
+                    // Claimed entries are now ours: read them with our own pending ones.
+                    Ok(_) => cursor = Some("0".to_owned()),
+                    Err(e) => return Ended::Failed(e),
+                }
+                if let Err(e) = self.remove_dead_consumers(&mut link.conn).await {
+                    log::debug!(
+                        stream = self.stream.as_str(), error:% = e; "dead consumer check failed"
+                    );
+                }
+                next_maintenance = Instant::now() + period;
+            }
+            let batch = match &cursor {
+                Some(after) => {
+                    let count = if retrying { 1 } else { BATCH };
+                    self.read_pending(&mut link.conn, after, count).await
+                }
+                None => self.read_new(&link, period.min(MAX_BLOCK)).await,
+            };
+            let batch = match batch {
+                Ok(b) => b,
+                Err(e) => return Ended::Failed(e),
+            };
+            backoff.reset();
+            let Some(last) = batch.last() else {
+                // Nothing (more) pending on us: on to new entries.
+                cursor = None;
+                retrying = false;
+                continue;
+            };
+            let deliveries = if cursor.is_some() {
+                match self.delivery_counts(&mut link.conn, &batch).await {
+                    Ok(d) => d,
+                    Err(e) => return Ended::Failed(e),
+                }
+            } else {
+                HashMap::new()
+            };
+            let outcome = self.handle(&batch, &deliveries).await;
+            if let Err(e) = self.settle(&mut link.conn, &outcome).await {
+                // Unacknowledged entries are read again; the engine's dedup makes that harmless.
+                return Ended::Failed(e);
+            }
+            match outcome.failed {
+                Some((id, error)) => {
+                    self.counters.retried.fetch_add(1, Ordering::Relaxed);
+                    let wait = retry_backoff.next_delay();
+                    log::warn!(
+                        stream = self.stream.as_str(), entry = id,
+                        deliveries = deliveries.get(id).copied().unwrap_or(1),
+                        error = error.as_str(), retry_in_ms = wait.as_millis() as u64;
+                        "publish failed; the entry stays pending and is retried"
+                    );
+                    cursor = Some("0".to_owned());
+                    retrying = true;
+                    if self.pause(wait).await {
+                        return Ended::Stopped;
+                    }
+                }
+                None => {
+                    if retrying {
+                        retrying = false;
+                        retry_backoff.reset();
+                    }
+                    if let Some(c) = cursor.as_mut() {
+                        c.clone_from(&last.id);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Own pending entries after `after`, oldest first (no blocking).
+    async fn read_pending(
+        &self,
+        conn: &mut MultiplexedConnection,
+        after: &str,
+        count: usize,
+    ) -> RedisResult<Vec<Entry>> {
+        let reply: Value = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(&self.settings.group)
+            .arg(&self.settings.consumer)
+            .arg("COUNT")
+            .arg(count)
+            .arg("STREAMS")
+            .arg(&self.stream)
+            .arg(after)
+            .query_async(conn)
+            .await?;
+        Ok(entry::read_reply(&reply))
+    }
+
+    /// New entries, blocking up to `block`. A stop releases the read at once (as if it timed
+    /// out) and whatever it still got is returned, so nothing read is stranded.
+    async fn read_new(&mut self, link: &Link, block: Duration) -> RedisResult<Vec<Entry>> {
+        let mut conn = link.conn.clone();
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(&self.settings.group)
+            .arg(&self.settings.consumer)
+            .arg("COUNT")
+            .arg(BATCH)
+            .arg("BLOCK")
+            .arg(block.as_millis().max(1) as u64)
+            .arg("STREAMS")
+            .arg(&self.stream)
+            .arg(">");
+        let read = async move { cmd.query_async::<Value>(&mut conn).await };
+        tokio::pin!(read);
+        let reply = tokio::select! {
+            reply = &mut read => reply?,
+            _ = self.stop.changed() => {
+                let mut control = self.control.clone();
+                let mut release = redis::cmd("CLIENT");
+                release.arg("UNBLOCK").arg(link.client_id).arg("TIMEOUT");
+                let _ = tokio::time::timeout(
+                    COMMAND_DEADLINE,
+                    release.query_async::<i64>(&mut control),
+                )
+                .await;
+                read.await?
+            }
+        };
+        Ok(entry::read_reply(&reply))
+    }
+
+    /// How often each entry of a batch of own pending entries has been delivered (this read
+    /// included), from `XPENDING`.
+    async fn delivery_counts(
+        &self,
+        conn: &mut MultiplexedConnection,
+        batch: &[Entry],
+    ) -> RedisResult<HashMap<String, u64>> {
+        let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
+            return Ok(HashMap::new());
+        };
+        let reply: Value = redis::cmd("XPENDING")
+            .arg(&self.stream)
+            .arg(&self.settings.group)
+            .arg(&first.id)
+            .arg(&last.id)
+            .arg(batch.len())
+            .arg(&self.settings.consumer)
+            .query_async(conn)
+            .await?;
+        let Value::Array(rows) = reply else {
+            return Ok(HashMap::new());
+        };
+        Ok(rows
+            .iter()
+            .filter_map(|row| {
+                let Value::Array(cols) = row else {
+                    return None;
+                };
+                let id = entry::text(cols.first()?)?;
+                let count = u64::try_from(entry::int(cols.get(3)?)?).ok()?;
+                Some((id, count))
+            })
+            .collect())
+    }
+
+    /// Publishes a batch in stream order. Stops at the first passing failure (unless that entry
+    /// has used up its deliveries), so that nothing overtakes an entry that is retried.
+    async fn handle<'a>(
+        &self,
+        batch: &'a [Entry],
+        deliveries: &HashMap<String, u64>,
+    ) -> Outcome<'a> {
+        let max = self.settings.max_deliveries;
+        let mut outcome = Outcome::default();
+        for entry in batch {
+            let delivered = deliveries.get(&entry.id).copied().unwrap_or(1);
+            let dead = |reason: String| Dead {
+                entry,
+                reason,
+                deliveries: delivered,
+            };
+            match entry::classify(&self.stream, entry, self.settings.max_data_bytes) {
+                Verdict::Gone => {
+                    log::warn!(
+                        stream = self.stream.as_str(), entry = entry.id.as_str();
+                        "the entry was deleted before it was published"
+                    );
+                    outcome.acked.push(&entry.id);
+                }
+                Verdict::Poison(reason) => outcome.dead.push(dead(reason)),
+                // Delivered that often without an acknowledgement: whatever took it before
+                // never finished (a node that keeps dying on it, say).
+                Verdict::Publish(_) if delivered > max => outcome.dead.push(dead(format!(
+                    "delivered {delivered} times without being acknowledged"
+                ))),
+                Verdict::Publish(request) => match self.engine.publish(request).await {
+                    Ok(published) => {
+                        if !published.duplicate {
+                            self.counters.published.fetch_add(1, Ordering::Relaxed);
+                        }
+                        outcome.acked.push(&entry.id);
+                    }
+                    Err(e) if delivered >= max => outcome.dead.push(dead(format!(
+                        "publish failed on each of {delivered} deliveries, last: {e}"
+                    ))),
+                    Err(e) => {
+                        outcome.failed = Some((&entry.id, e.to_string()));
+                        break;
+                    }
+                },
+            }
+        }
+        outcome
+    }
+
+    /// Writes a batch's dead letters and acknowledges everything handled, in one `MULTI`.
+    async fn settle(
+        &self,
+        conn: &mut MultiplexedConnection,
+        outcome: &Outcome<'_>,
+    ) -> RedisResult<()> {
+        if outcome.acked.is_empty() && outcome.dead.is_empty() {
+            return Ok(());
+        }
+        let failed_at = unix_millis().to_string();
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for dead in &outcome.dead {
+            let xadd = pipe.cmd("XADD").arg(&self.dlq).arg("*");
+            for (name, value) in dead.entry.fields.iter().flatten() {
+                xadd.arg(name).arg(value);
+            }
+            xadd.arg("stream")
+                .arg(&self.stream)
+                .arg("original_id")
+                .arg(&dead.entry.id)
+                .arg("reason")
+                .arg(&dead.reason)
+                .arg("deliveries")
+                .arg(dead.deliveries)
+                .arg("failed_at")
+                .arg(&failed_at)
+                .ignore();
+        }
+        let xack = pipe.cmd("XACK").arg(&self.stream).arg(&self.settings.group);
+        for id in outcome
+            .acked
+            .iter()
+            .copied()
+            .chain(outcome.dead.iter().map(|d| d.entry.id.as_str()))
+        {
+            xack.arg(id);
+        }
+        xack.ignore();
+        pipe.query_async::<()>(conn).await?;
+        self.counters
+            .acked
+            .fetch_add(outcome.acked.len() as u64, Ordering::Relaxed);
+        self.counters
+            .dead
+            .fetch_add(outcome.dead.len() as u64, Ordering::Relaxed);
+        for dead in &outcome.dead {
+            // An operator has to look at it (and may replay it): the one ERROR of ingestion.
+            log::error!(
+                stream = self.stream.as_str(), entry = dead.entry.id.as_str(),
+                deliveries = dead.deliveries, reason = dead.reason.as_str(),
+                dead_letters = self.dlq.as_str();
+                "entry moved to the dead letters"
+            );
+        }
+        Ok(())
+    }
+
+    /// Takes over entries pending on any consumer for longer than the claim idle time (a dead
+    /// node's, typically). `JUSTID` leaves their delivery count alone: the read that follows
+    /// counts the delivery. Returns how many were claimed.
+    async fn claim(&self, conn: &mut MultiplexedConnection) -> RedisResult<usize> {
+        let mut start = "0-0".to_owned();
+        let mut claimed = 0;
+        for _ in 0..CLAIM_CALLS_PER_ROUND {
+            let reply: Value = redis::cmd("XAUTOCLAIM")
+                .arg(&self.stream)
+                .arg(&self.settings.group)
+                .arg(&self.settings.consumer)
+                .arg(self.settings.claim_idle.as_millis() as u64)
+                .arg(&start)
+                .arg("COUNT")
+                .arg(BATCH)
+                .arg("JUSTID")
+                .query_async(conn)
+                .await?;
+            let Value::Array(parts) = reply else {
+                break;
+            };
+            claimed += match parts.get(1) {
+                Some(Value::Array(ids)) => ids.len(),
+                _ => 0,
+            };
+            match parts.first().and_then(entry::text) {
+                Some(next) if next != "0-0" => start = next,
+                _ => break,
+            }
+        }
+        if claimed > 0 {
+            log::debug!(
+                stream = self.stream.as_str(), claimed = claimed;
+                "took over entries idle for the claim time"
+            );
+        }
+        Ok(claimed)
+    }
+
+    /// Removes the consumers of nodes that are gone (no live lease), idle for a while, with
+    /// nothing pending (checked again atomically by the removal).
+    async fn remove_dead_consumers(&self, conn: &mut MultiplexedConnection) -> RedisResult<()> {
+        let reply: Value = redis::cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg(&self.stream)
+            .arg(&self.settings.group)
+            .query_async(conn)
+            .await?;
+        let Value::Array(consumers) = reply else {
+            return Ok(());
+        };
+        let min_idle = self.settings.dead_consumer_idle().as_millis() as i64;
+        for consumer in &consumers {
+            let mut name = None;
+            let (mut pending, mut idle) = (None, None);
+            for (k, v) in entry::pairs(consumer) {
+                match entry::text(k).as_deref() {
+                    Some("name") => name = entry::text(v),
+                    Some("pending") => pending = entry::int(v),
+                    Some("idle") => idle = entry::int(v),
+                    _ => {}
+                }
+            }
+            let (Some(name), Some(0), Some(idle)) = (name, pending, idle) else {
+                continue;
+            };
+            if name == self.settings.consumer || idle < min_idle {
+                continue;
+            }
+            let lease: Option<f64> = redis::cmd("ZSCORE")
+                .arg(&self.settings.nodes_key)
+                .arg(&name)
+                .query_async(conn)
+                .await?;
+            if lease.is_some_and(|expiry| expiry > unix_millis() as f64) {
+                continue;
+            }
+            let removed: i64 = DELETE_IDLE_CONSUMER
+                .key(&self.stream)
+                .arg(&self.settings.group)
+                .arg(&name)
+                .invoke_async(conn)
+                .await?;
+            if removed >= 0 {
+                log::info!(
+                    stream = self.stream.as_str(), consumer = name.as_str(), idle_ms = idle;
+                    "removed the consumer of a node that is gone"
+                );
+            }
+        }
+        Ok(())
+    }
+}

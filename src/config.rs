@@ -1,0 +1,434 @@
+//! Every setting of the hub: its flag, its `HUB_*` variable, its default and its validation, in
+//! one place. Nothing else reads the environment.
+//!
+//! Settings are parsed by clap (flags and environment variables share one definition), then turned
+//! into a validated [`Config`] whose fields are plain values the rest of the code can trust.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Command line of the `realtime-hub` binary: no subcommand serves.
+#[derive(Debug, Parser)]
+#[command(name = "realtime-hub", version, about = "A realtime messaging hub")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print a signed HS256 token (needs --secret or HUB_JWT_SECRET).
+    Token(TokenArgs),
+    /// Append sample domain events (orders, sensor readings) to a Redis Stream the hub reads
+    /// (needs --redis-url or HUB_REDIS_URL).
+    DemoEvents(DemoEventsArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DemoEventsArgs {
+    /// Events per second.
+    #[arg(long, default_value_t = 10.0)]
+    pub rate: f64,
+    /// Stop after this many seconds [default: run until Ctrl-C].
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// The stream to append to.
+    #[arg(long, default_value = "hub:events")]
+    pub stream: String,
+    /// Keep the stream near this many entries (`XADD MAXLEN ~`); 0 = no cap.
+    #[arg(long, default_value_t = 100_000)]
+    pub maxlen: u64,
+    /// Redis URL.
+    #[arg(long, env = "HUB_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// The token's `sub`.
+    #[arg(long)]
+    pub user: String,
+    /// Subscribe patterns, comma-separated (claim `channels`).
+    #[arg(long, value_delimiter = ',')]
+    pub channels: Option<Vec<String>>,
+    /// Publish patterns, comma-separated (claim `publish`).
+    #[arg(long, value_delimiter = ',')]
+    pub publish: Option<Vec<String>>,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 3600)]
+    pub ttl: u64,
+    /// HS256 secret; defaults to HUB_JWT_SECRET.
+    #[arg(long, env = "HUB_JWT_SECRET", hide_env_values = true)]
+    pub secret: Option<String>,
+}
+
+/// The serving settings, as given. See PROTOCOL §5 and the README's settings table.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Listen address [default: 0.0.0.0:8000; 127.0.0.1:8000 in development mode].
+    #[arg(long, env = "HUB_BIND")]
+    pub bind: Option<SocketAddr>,
+    /// This node's name [default: hostname plus a random suffix].
+    #[arg(long, env = "HUB_NODE_ID")]
+    pub node_id: Option<String>,
+    /// Redis URL; unset runs the memory engine.
+    #[arg(long, env = "HUB_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// HS256 secret; with no public key either, development mode.
+    #[arg(long, env = "HUB_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// PEM file with an RSA or EC (P-256) public key for RS256/ES256 tokens.
+    #[arg(long, env = "HUB_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<PathBuf>,
+    /// Key for /api/ (development mode generates one when unset).
+    #[arg(long, env = "HUB_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Allowed browser origins, comma-separated, or `*` [default: same host].
+    #[arg(long, env = "HUB_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+    #[arg(long, env = "HUB_MAX_CONNECTIONS_PER_USER", default_value_t = 5)]
+    pub max_connections_per_user: u32,
+    #[arg(long, env = "HUB_MAX_SUBSCRIPTIONS", default_value_t = 128)]
+    pub max_subscriptions: usize,
+    #[arg(long, env = "HUB_MAX_FRAME_BYTES", default_value_t = 131_072)]
+    pub max_frame_bytes: usize,
+    #[arg(long, env = "HUB_MAX_PUBLICATION_BYTES", default_value_t = 65_536)]
+    pub max_publication_bytes: usize,
+    /// Subscribe patterns for tokens without `channels`.
+    #[arg(long, env = "HUB_DEFAULT_CHANNELS", value_delimiter = ',')]
+    pub default_channels: Vec<String>,
+    /// Publish patterns for tokens without `publish`.
+    #[arg(long, env = "HUB_DEFAULT_PUBLISH", value_delimiter = ',')]
+    pub default_publish: Vec<String>,
+    #[arg(
+        long,
+        env = "HUB_JOIN_LEAVE_NAMESPACES",
+        value_delimiter = ',',
+        default_value = "chat"
+    )]
+    pub join_leave_namespaces: Vec<String>,
+    #[arg(long, env = "HUB_DEDUP_WINDOW_S", default_value_t = 600)]
+    pub dedup_window_s: u64,
+    /// Requests per second per connection (burst twice that).
+    #[arg(long, env = "HUB_CLIENT_RATE", default_value_t = 100)]
+    pub client_rate: u32,
+    #[arg(long, env = "HUB_CLIENT_QUEUE_BYTES", default_value_t = 1_048_576)]
+    pub client_queue_bytes: usize,
+    #[arg(long, env = "HUB_NODE_QUEUE_BYTES", default_value_t = 268_435_456)]
+    pub node_queue_bytes: usize,
+    #[arg(long, env = "HUB_PING_INTERVAL_S", default_value_t = 25)]
+    pub ping_interval_s: u64,
+    #[arg(long, env = "HUB_HISTORY_SIZE", default_value_t = 100)]
+    pub history_size: usize,
+    #[arg(long, env = "HUB_HISTORY_TTL_S", default_value_t = 300)]
+    pub history_ttl_s: u64,
+    #[arg(long, env = "HUB_NODE_HEARTBEAT_S", default_value_t = 5)]
+    pub node_heartbeat_s: u64,
+    #[arg(long, env = "HUB_REDIS_PREFIX", default_value = "hub")]
+    pub redis_prefix: String,
+    #[arg(long, env = "HUB_STATIC_DIR", default_value = "static")]
+    pub static_dir: PathBuf,
+    /// Seconds between dashboard snapshots on `dashboard:hub` [default: 1 in development mode, else 0 = off].
+    #[arg(long, env = "HUB_DASHBOARD_INTERVAL_S")]
+    pub dashboard_interval_s: Option<u64>,
+    #[arg(
+        long,
+        env = "HUB_STREAMS",
+        value_delimiter = ',',
+        default_value = "hub:events"
+    )]
+    pub streams: Vec<String>,
+    #[arg(long, env = "HUB_STREAM_GROUP", default_value = "hub")]
+    pub stream_group: String,
+    #[arg(long, env = "HUB_STREAM_MAX_DELIVERIES", default_value_t = 5)]
+    pub stream_max_deliveries: u32,
+    #[arg(long, env = "HUB_STREAM_CLAIM_IDLE_MS", default_value_t = 30_000)]
+    pub stream_claim_idle_ms: u64,
+    #[arg(long, env = "HUB_SHUTDOWN_TIMEOUT_S", default_value_t = 10)]
+    pub shutdown_timeout_s: u64,
+    /// `text` or `json`.
+    #[arg(long, env = "HUB_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+    /// HTTP worker threads [default: number of cores].
+    #[arg(long, env = "HUB_WORKERS")]
+    pub workers: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Which origins may open a WebSocket from a browser.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllowedOrigins {
+    /// The Origin's host must equal the request's `Host` header.
+    SameHost,
+    Any,
+    /// Exact origins such as `https://app.example.com` (compared case-insensitively).
+    List(Vec<String>),
+}
+
+/// How tokens are verified.
+#[derive(Clone)]
+pub struct JwtKeys {
+    /// HS256 secret, when configured (or generated in development mode).
+    pub secret: Option<Vec<u8>>,
+    /// PEM bytes of the public key for RS256/ES256, when configured.
+    pub public_key_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for JwtKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print key material, not even in debug output.
+        f.debug_struct("JwtKeys")
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field(
+                "public_key_pem",
+                &self.public_key_pem.as_ref().map(|_| "<pem>"),
+            )
+            .finish()
+    }
+}
+
+/// The validated configuration the server runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub bind: SocketAddr,
+    pub node_id: String,
+    pub redis_url: Option<String>,
+    pub jwt: JwtKeys,
+    /// `None`: the server API answers 401 to everything.
+    pub api_key: Option<String>,
+    /// Whether `api_key` was generated at start (development mode), and so must be shown once.
+    pub api_key_generated: bool,
+    /// Development mode: random secret, `/dev/token`, generated API key.
+    pub dev_mode: bool,
+    pub allowed_origins: AllowedOrigins,
+    pub max_connections_per_user: u32,
+    pub max_subscriptions: usize,
+    pub max_frame_bytes: usize,
+    pub max_publication_bytes: usize,
+    pub default_channels: Vec<String>,
+    pub default_publish: Vec<String>,
+    pub join_leave_namespaces: Vec<String>,
+    pub dedup_window: Duration,
+    pub client_rate: u32,
+    pub client_queue_bytes: usize,
+    pub node_queue_bytes: usize,
+    pub ping_interval: Duration,
+    pub history_size: usize,
+    pub history_ttl: Duration,
+    pub node_heartbeat: Duration,
+    pub redis_prefix: String,
+    pub static_dir: PathBuf,
+    pub dashboard_interval: Option<Duration>,
+    pub streams: Vec<String>,
+    pub stream_group: String,
+    pub stream_max_deliveries: u32,
+    pub stream_claim_idle: Duration,
+    pub shutdown_timeout: Duration,
+    pub log_format: LogFormat,
+    pub workers: usize,
+}
+
+/// A setting that cannot be used, with the variable to fix.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn non_empty(v: Vec<String>) -> Vec<String> {
+    v.into_iter()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+fn at_least_one(name: &str, v: u64) -> Result<u64, ConfigError> {
+    if v == 0 {
+        Err(ConfigError(format!("{name} must be at least 1")))
+    } else {
+        Ok(v)
+    }
+}
+
+impl ServeArgs {
+    /// Parses settings from flags (and the environment, as the binary does); the tests use
+    /// this to start a node with exactly the settings they name.
+    pub fn from_args<I, T>(args: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        #[derive(Parser)]
+        struct ArgsOnly {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        ArgsOnly::try_parse_from(args)
+            .map(|a| a.serve)
+            .map_err(|e| ConfigError(e.to_string()))
+    }
+
+    /// Parses the settings from the environment alone (no flags): what tests and embedders use.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        #[derive(Parser)]
+        struct EnvOnly {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        EnvOnly::try_parse_from(["realtime-hub"])
+            .map(|e| e.serve)
+            .map_err(|e| ConfigError(e.to_string()))
+    }
+
+    /// Validates the settings and fills in the derived defaults (development mode, bind address,
+    /// node id, generated secrets).
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        let secret = self.jwt_secret.filter(|s| !s.is_empty());
+        let public_key_pem = match &self.jwt_public_key {
+            Some(path) => Some(std::fs::read(path).map_err(|e| {
+                ConfigError(format!(
+                    "HUB_JWT_PUBLIC_KEY: cannot read {}: {e}",
+                    path.display()
+                ))
+            })?),
+            None => None,
+        };
+        let dev_mode = secret.is_none() && public_key_pem.is_none();
+        let secret = match secret {
+            Some(s) => Some(s.into_bytes()),
+            None if dev_mode => Some(random_token(32).into_bytes()),
+            None => None,
+        };
+        let given_key = self.api_key.filter(|k| !k.is_empty());
+        let api_key_generated = given_key.is_none() && dev_mode;
+        let api_key = given_key.or_else(|| api_key_generated.then(|| random_token(24)));
+        let bind = self.bind.unwrap_or_else(|| {
+            if dev_mode {
+                SocketAddr::from(([127, 0, 0, 1], 8000))
+            } else {
+                SocketAddr::from(([0, 0, 0, 0], 8000))
+            }
+        });
+        let origins = non_empty(self.allowed_origins);
+        let allowed_origins = if origins.is_empty() {
+            AllowedOrigins::SameHost
+        } else if origins.iter().any(|o| o == "*") {
+            AllowedOrigins::Any
+        } else {
+            AllowedOrigins::List(
+                origins
+                    .into_iter()
+                    .map(|o| o.trim_end_matches('/').to_ascii_lowercase())
+                    .collect(),
+            )
+        };
+        let node_id = match self.node_id.filter(|n| !n.trim().is_empty()) {
+            Some(n) => n,
+            None => {
+                let host = gethostname::gethostname().to_string_lossy().into_owned();
+                format!("{host}-{}", &random_token(6))
+            }
+        };
+        if self.history_size == 0 {
+            return Err(ConfigError("HUB_HISTORY_SIZE must be at least 1".into()));
+        }
+        if self.max_frame_bytes < 1024 {
+            return Err(ConfigError(
+                "HUB_MAX_FRAME_BYTES must be at least 1024".into(),
+            ));
+        }
+        if self.client_rate == 0 {
+            return Err(ConfigError("HUB_CLIENT_RATE must be at least 1".into()));
+        }
+        if self.client_queue_bytes < 4096 {
+            return Err(ConfigError(
+                "HUB_CLIENT_QUEUE_BYTES must be at least 4096".into(),
+            ));
+        }
+        if self.node_queue_bytes < self.client_queue_bytes {
+            return Err(ConfigError(
+                "HUB_NODE_QUEUE_BYTES must be at least HUB_CLIENT_QUEUE_BYTES".into(),
+            ));
+        }
+        let dashboard_s = self
+            .dashboard_interval_s
+            .unwrap_or(if dev_mode { 1 } else { 0 });
+        Ok(Config {
+            bind,
+            node_id,
+            redis_url: self.redis_url.filter(|u| !u.is_empty()),
+            jwt: JwtKeys {
+                secret,
+                public_key_pem,
+            },
+            api_key,
+            api_key_generated,
+            dev_mode,
+            allowed_origins,
+            max_connections_per_user: self.max_connections_per_user,
+            max_subscriptions: self.max_subscriptions,
+            max_frame_bytes: self.max_frame_bytes,
+            max_publication_bytes: self.max_publication_bytes,
+            default_channels: non_empty(self.default_channels),
+            default_publish: non_empty(self.default_publish),
+            join_leave_namespaces: non_empty(self.join_leave_namespaces),
+            dedup_window: Duration::from_secs(self.dedup_window_s),
+            client_rate: self.client_rate,
+            client_queue_bytes: self.client_queue_bytes,
+            node_queue_bytes: self.node_queue_bytes,
+            ping_interval: Duration::from_secs(at_least_one(
+                "HUB_PING_INTERVAL_S",
+                self.ping_interval_s,
+            )?),
+            history_size: self.history_size,
+            history_ttl: Duration::from_secs(at_least_one(
+                "HUB_HISTORY_TTL_S",
+                self.history_ttl_s,
+            )?),
+            node_heartbeat: Duration::from_secs(at_least_one(
+                "HUB_NODE_HEARTBEAT_S",
+                self.node_heartbeat_s,
+            )?),
+            redis_prefix: self.redis_prefix,
+            static_dir: self.static_dir,
+            dashboard_interval: (dashboard_s > 0).then(|| Duration::from_secs(dashboard_s)),
+            streams: non_empty(self.streams),
+            stream_group: self.stream_group,
+            stream_max_deliveries: self.stream_max_deliveries.max(1),
+            stream_claim_idle: Duration::from_millis(self.stream_claim_idle_ms),
+            shutdown_timeout: Duration::from_secs(self.shutdown_timeout_s),
+            log_format: self.log_format,
+            workers: self
+                .workers
+                .filter(|w| *w > 0)
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+        })
+    }
+}
+
+/// A random URL-safe token of `len` characters from the OS's random source.
+pub fn random_token(len: usize) -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let mut bytes = vec![0u8; len];
+    // A machine without a working random source cannot run a hub safely; uuid would fail too.
+    getrandom::fill(&mut bytes).expect("the OS random source is available");
+    bytes
+        .iter()
+        .map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char)
+        .collect()
+}

@@ -1,0 +1,354 @@
+//! The memory engine: one node, no dependencies. All state sits behind one lock, and a
+//! publication is handed to the Hub while that lock is held, so two publishers can never get
+//! their offsets delivered out of order. Idle channels and old dedup entries are swept in the
+//! background. Restarting the process starts every channel in a new epoch.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use actix::Recipient;
+use async_trait::async_trait;
+use futures_util::future::BoxFuture;
+
+use super::{Engine, EngineError, HistoryPage, NodeInfo, PublishRequest, Published, Subscribed};
+use crate::auth::unix_micros;
+use crate::config::random_token;
+use crate::hub::Deliver;
+use crate::protocol::server::message;
+use crate::protocol::{ClientInfo, Message, MessageTemplate, Position};
+
+/// How often expired channels and dedup entries are dropped.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
+pub struct MemoryEngine {
+    state: Mutex<State>,
+    /// The node's Hub: every publication and join/leave goes there, in order.
+    hub: Recipient<Deliver>,
+    history_size: usize,
+    history_ttl: Duration,
+    dedup_window: Duration,
+}
+
+#[derive(Default)]
+struct State {
+    channels: HashMap<String, ChannelState>,
+    /// channel → event_id → where it was published.
+    dedup: HashMap<String, HashMap<String, DedupEntry>>,
+    /// channel → client → who.
+    presence: HashMap<String, HashMap<String, ClientInfo>>,
+    /// user → their connections.
+    connections: HashMap<String, HashSet<String>>,
+}
+
+struct ChannelState {
+    /// Shared by every publication of this life of the channel, so sessions compare epochs by
+    /// pointer first.
+    epoch: Arc<str>,
+    offset: u64,
+    /// The newest publications; the last one has offset `offset`, and offsets are consecutive.
+    history: VecDeque<Message>,
+    /// History is forgotten (and a new epoch begins) this long after the last publication.
+    expires_at: Instant,
+}
+
+struct DedupEntry {
+    position: Position,
+    expires_at: Instant,
+}
+
+impl MemoryEngine {
+    pub fn new(
+        hub: Recipient<Deliver>,
+        history_size: usize,
+        history_ttl: Duration,
+        dedup_window: Duration,
+    ) -> Self {
+        MemoryEngine {
+            state: Mutex::new(State::default()),
+            hub,
+            history_size,
+            history_ttl,
+            dedup_window,
+        }
+    }
+
+    /// Starts the background sweep; it ends when the engine is dropped.
+    pub fn start_sweeper(self: &Arc<Self>) {
+        let weak: Weak<Self> = Arc::downgrade(self);
+        actix::spawn(async move {
+            let mut tick = tokio::time::interval(SWEEP_EVERY);
+            loop {
+                tick.tick().await;
+                match weak.upgrade() {
+                    Some(engine) => engine.sweep(Instant::now()),
+                    None => break,
+                }
+            }
+        });
+    }
+
+    fn sweep(&self, now: Instant) {
+        let mut st = self.lock();
+        st.channels.retain(|_, ch| ch.expires_at > now);
+        st.dedup.retain(|_, ids| {
+            ids.retain(|_, e| e.expires_at > now);
+            !ids.is_empty()
+        });
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock would be a bug in this file; the state itself stays
+        // consistent between statements, so keep serving rather than poison every later call.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl State {
+    /// The channel's live state, starting a new epoch if there is none or its history expired.
+    fn channel(&mut self, name: &str, now: Instant, ttl: Duration) -> &mut ChannelState {
+        let expired = self
+            .channels
+            .get(name)
+            .is_some_and(|ch| ch.expires_at <= now);
+        if expired {
+            self.channels.remove(name);
+        }
+        self.channels
+            .entry(name.to_owned())
+            .or_insert_with(|| ChannelState {
+                epoch: Arc::from(random_token(8)),
+                offset: 0,
+                history: VecDeque::new(),
+                expires_at: now + ttl,
+            })
+    }
+}
+
+impl ChannelState {
+    fn position(&self) -> Position {
+        Position {
+            offset: self.offset,
+            epoch: self.epoch.to_string(),
+        }
+    }
+
+    /// Every publication after `offset`, if history still holds all of them.
+    fn after(&self, offset: u64) -> Option<Vec<Message>> {
+        if offset > self.offset {
+            return None;
+        }
+        let oldest = self.offset + 1 - self.history.len() as u64;
+        if offset + 1 < oldest {
+            return None;
+        }
+        let skip = (offset + 1 - oldest) as usize;
+        Some(self.history.iter().skip(skip).cloned().collect())
+    }
+}
+
+#[async_trait]
+impl Engine for MemoryEngine {
+    async fn publish(&self, req: PublishRequest) -> Result<Published, EngineError> {
+        let now = Instant::now();
+        let mut st = self.lock();
+        if let Some(id) = &req.event_id {
+            if let Some(seen) = st.dedup.get(&req.channel).and_then(|ids| ids.get(id)) {
+                if seen.expires_at > now {
+                    return Ok(Published {
+                        position: seen.position.clone(),
+                        event_id: id.clone(),
+                        duplicate: true,
+                    });
+                }
+            }
+        }
+        let event_id = req
+            .event_id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let accepted_us = unix_micros();
+        let template = MessageTemplate::new(
+            &req.channel,
+            &event_id,
+            req.event_type.as_deref(),
+            &req.data,
+            req.from.as_ref(),
+            accepted_us / 1000,
+        );
+        let ch = st.channel(&req.channel, now, self.history_ttl);
+        let offset = ch.offset + 1;
+        let text = template.complete(offset, &ch.epoch);
+        let frame = message(text.clone())
+            .map_err(|e| EngineError::Internal(format!("message frame: {e}")))?;
+        ch.offset = offset;
+        ch.expires_at = now + self.history_ttl;
+        ch.history.push_back(frame);
+        while ch.history.len() > self.history_size {
+            ch.history.pop_front();
+        }
+        let position = ch.position();
+        let ch_epoch = Arc::clone(&ch.epoch);
+        // Still under the lock: the Hub receives offsets in the order they were assigned.
+        self.hub.do_send(Deliver::Message {
+            channel: req.channel.clone(),
+            offset,
+            epoch: Arc::clone(&ch_epoch),
+            frame: text.into(),
+            event_id: event_id.clone(),
+            accepted_us,
+        });
+        if req.event_id.is_some() {
+            st.dedup.entry(req.channel).or_default().insert(
+                event_id.clone(),
+                DedupEntry {
+                    position: position.clone(),
+                    expires_at: now + self.dedup_window,
+                },
+            );
+        }
+        drop(st);
+        Ok(Published {
+            position,
+            event_id,
+            duplicate: false,
+        })
+    }
+
+    async fn subscribe(
+        &self,
+        channel: &str,
+        recover: Option<&Position>,
+    ) -> Result<Subscribed, EngineError> {
+        let mut st = self.lock();
+        let ch = st.channel(channel, Instant::now(), self.history_ttl);
+        let recovered = recover.and_then(|since| {
+            if *since.epoch == *ch.epoch {
+                ch.after(since.offset)
+            } else {
+                None
+            }
+        });
+        Ok(Subscribed {
+            position: ch.position(),
+            recovered,
+        })
+    }
+
+    async fn history(
+        &self,
+        channel: &str,
+        limit: usize,
+        since: Option<&Position>,
+    ) -> Result<HistoryPage, EngineError> {
+        let mut st = self.lock();
+        let ch = st.channel(channel, Instant::now(), self.history_ttl);
+        let publications = match since.filter(|s| *s.epoch == *ch.epoch) {
+            // Offsets in history are consecutive, so the first one after `since` is found by
+            // arithmetic; a `since` older than history gives what remains.
+            Some(since) => {
+                let oldest = ch.offset + 1 - ch.history.len() as u64;
+                let skip = since.offset.saturating_add(1).saturating_sub(oldest);
+                ch.history
+                    .iter()
+                    .skip(usize::try_from(skip).unwrap_or(usize::MAX))
+                    .take(limit)
+                    .cloned()
+                    .collect()
+            }
+            None => {
+                let skip = ch.history.len().saturating_sub(limit);
+                ch.history.iter().skip(skip).cloned().collect()
+            }
+        };
+        Ok(HistoryPage {
+            position: ch.position(),
+            publications,
+        })
+    }
+
+    fn join(
+        &self,
+        channel: &str,
+        client: ClientInfo,
+        announce: bool,
+    ) -> BoxFuture<'static, Result<(), EngineError>> {
+        let mut st = self.lock();
+        st.presence
+            .entry(channel.to_owned())
+            .or_default()
+            .insert(client.client.clone(), client.clone());
+        if announce {
+            self.hub.do_send(Deliver::presence(channel, &client, true));
+        }
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn leave(&self, channel: &str, client: &str, announce: bool) {
+        let mut st = self.lock();
+        let Some(clients) = st.presence.get_mut(channel) else {
+            return;
+        };
+        let removed = clients.remove(client);
+        if clients.is_empty() {
+            st.presence.remove(channel);
+        }
+        if let (Some(client), true) = (removed, announce) {
+            self.hub.do_send(Deliver::presence(channel, &client, false));
+        }
+    }
+
+    async fn presence(&self, channel: &str) -> Result<Vec<ClientInfo>, EngineError> {
+        let st = self.lock();
+        Ok(st
+            .presence
+            .get(channel)
+            .map(|clients| clients.values().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    async fn acquire_connection(
+        &self,
+        user: &str,
+        client: &str,
+        limit: u32,
+    ) -> Result<bool, EngineError> {
+        let mut st = self.lock();
+        let conns = st.connections.entry(user.to_owned()).or_default();
+        if conns.len() >= limit as usize {
+            if conns.is_empty() {
+                st.connections.remove(user);
+            }
+            return Ok(false);
+        }
+        conns.insert(client.to_owned());
+        Ok(true)
+    }
+
+    fn release_connection(&self, user: &str, client: &str) {
+        let mut st = self.lock();
+        if let Some(conns) = st.connections.get_mut(user) {
+            conns.remove(client);
+            if conns.is_empty() {
+                st.connections.remove(user);
+            }
+        }
+    }
+
+    fn health(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    async fn other_nodes(&self) -> Result<Vec<NodeInfo>, EngineError> {
+        Ok(Vec::new())
+    }
+
+    async fn other_channels(&self) -> Result<Vec<(String, usize)>, EngineError> {
+        Ok(Vec::new())
+    }
+
+    /// One node: there is nobody else to tell.
+    fn disconnect_user(&self, _user: &str) {}
+}

@@ -1,0 +1,103 @@
+//! Every Redis key and pub/sub topic of the hub, under `HUB_REDIS_PREFIX`. A channel's keys carry
+//! the channel as a hash tag, so under Redis Cluster they live on one shard and its scripts stay
+//! single-slot.
+
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Self {
+        Keys {
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    /// Hash `{epoch, offset}` of a channel's current history life.
+    pub fn meta(&self, channel: &str) -> String {
+        format!("{}:{{{channel}}}:meta", self.prefix)
+    }
+
+    /// List of a channel's newest `message` frames, oldest first.
+    pub fn history(&self, channel: &str) -> String {
+        format!("{}:{{{channel}}}:history", self.prefix)
+    }
+
+    /// `offset:epoch` of an `event_id` already published in the channel.
+    pub fn dedup(&self, channel: &str, event_id: &str) -> String {
+        format!("{}:{{{channel}}}:dedup:{event_id}", self.prefix)
+    }
+
+    /// Hash client → presence entry (JSON).
+    pub fn presence(&self, channel: &str) -> String {
+        format!("{}:{{{channel}}}:presence", self.prefix)
+    }
+
+    /// Sorted set client → lease expiry (Unix ms): Redis 7.0 has no per-field expiry.
+    pub fn presence_leases(&self, channel: &str) -> String {
+        format!("{}:{{{channel}}}:presence:leases", self.prefix)
+    }
+
+    /// Sorted set client → lease expiry of one user's connections, cluster-wide.
+    pub fn connections(&self, user: &str) -> String {
+        format!("{}:conns:{{{user}}}", self.prefix)
+    }
+
+    /// Sorted set node → lease expiry: the live nodes.
+    pub fn nodes(&self) -> String {
+        format!("{}:nodes", self.prefix)
+    }
+
+    /// Hash of a node's figures for `/api/info`.
+    pub fn node_info(&self, node: &str) -> String {
+        format!("{}:node:{node}:info", self.prefix)
+    }
+
+    /// Hash channel → local subscriber count of a node, for `/api/channels`.
+    pub fn node_channels(&self, node: &str) -> String {
+        format!("{}:node:{node}:channels", self.prefix)
+    }
+
+    /// Set of a node's presence entries (`<announce>\n<channel>\n<client>`), so a live node
+    /// can remove them, with `leave` pushes, when that node dies.
+    pub fn node_presence(&self, node: &str) -> String {
+        format!("{}:node:{node}:presence", self.prefix)
+    }
+
+    /// The pub/sub topic of a channel's publications and join/leave.
+    pub fn topic(&self, channel: &str) -> String {
+        format!("{}:ch:{channel}", self.prefix)
+    }
+
+    /// The channel a topic carries, if it is one of ours.
+    pub fn channel_of<'a>(&self, topic: &'a str) -> Option<&'a str> {
+        topic.strip_prefix(&self.prefix)?.strip_prefix(":ch:")
+    }
+
+    /// The topic nodes talk to each other on.
+    pub fn control(&self) -> String {
+        format!("{}:control", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Keys;
+
+    #[test]
+    fn channel_keys_share_a_hash_tag() {
+        let k = Keys::new("hub");
+        assert_eq!(k.meta("chat:a"), "hub:{chat:a}:meta");
+        assert_eq!(k.history("chat:a"), "hub:{chat:a}:history");
+        assert_eq!(k.dedup("chat:a", "e"), "hub:{chat:a}:dedup:e");
+    }
+
+    #[test]
+    fn topics_map_back_to_channels() {
+        let k = Keys::new("p");
+        assert_eq!(k.channel_of(&k.topic("chat:x")), Some("chat:x"));
+        assert_eq!(k.channel_of("other:ch:x"), None);
+        assert_eq!(k.channel_of(&k.control()), None);
+    }
+}

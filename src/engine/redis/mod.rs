@@ -1,0 +1,683 @@
+//! The Redis engine: any number of nodes on one Redis act as one hub. Offsets, epochs,
+//! history and dedup live in per-channel keys changed only by server-side scripts (one per
+//! operation, so every node sees one order); each publication is PUBLISHed, finished, on its
+//! channel's topic, where every node's [`crate::bridge::RedisBridge`] picks it up for its Hub.
+//!
+//! Presence entries, connection slots and the node list are leases that this node renews every
+//! `HUB_NODE_HEARTBEAT_S` (see [`cluster`]); Redis 7.0 has no per-field expiry, so leases are
+//! sorted sets scored by expiry time. A node that stops renewing is removed by the others, its
+//! presence entries with `leave` pushes.
+
+mod cluster;
+mod keys;
+mod scripts;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::future::BoxFuture;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::Value;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::sync::{mpsc, oneshot};
+
+pub use cluster::start_heartbeat;
+pub use keys::Keys;
+use scripts::Scripts;
+
+use super::{Engine, EngineError, HistoryPage, NodeInfo, PublishRequest, Published, Subscribed};
+use crate::auth::unix_millis;
+use crate::config::{random_token, Config};
+use crate::protocol::node::NodeMessage;
+use crate::protocol::server::message;
+use crate::protocol::{ClientInfo, Message, MessageTemplate, Position, ServerFrame};
+
+/// Whether this node can reach Redis, for `/ready`.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// The bridge's pub/sub connection is up.
+    pub link_up: AtomicBool,
+    /// The last command got an answer.
+    commands_ok: AtomicBool,
+    last_error: Mutex<String>,
+}
+
+impl Health {
+    fn ok(&self) {
+        self.commands_ok.store(true, Ordering::Release);
+    }
+
+    fn failed(&self, e: &redis::RedisError) {
+        self.commands_ok.store(false, Ordering::Release);
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = e.to_string();
+        }
+    }
+
+    pub fn check(&self) -> Result<(), String> {
+        if !self.link_up.load(Ordering::Acquire) {
+            return Err("redis unreachable: the pub/sub link is down".to_owned());
+        }
+        if !self.commands_ok.load(Ordering::Acquire) {
+            let last = self
+                .last_error
+                .lock()
+                .map(|l| l.clone())
+                .unwrap_or_default();
+            return Err(format!("redis unreachable: {last}"));
+        }
+        Ok(())
+    }
+}
+
+/// The settings the engine uses.
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    pub node_id: String,
+    pub history_size: usize,
+    pub history_ttl: Duration,
+    pub dedup_window: Duration,
+    pub heartbeat: Duration,
+}
+
+impl RedisSettings {
+    pub fn from_config(config: &Config) -> Self {
+        RedisSettings {
+            node_id: config.node_id.clone(),
+            history_size: config.history_size,
+            history_ttl: config.history_ttl,
+            dedup_window: config.dedup_window,
+            heartbeat: config.node_heartbeat,
+        }
+    }
+
+    /// Leases expire after three missed renewals.
+    fn lease(&self) -> Duration {
+        self.heartbeat * 3
+    }
+}
+
+/// A presence entry of this node, re-asserted at every heartbeat.
+struct LocalPresence {
+    info: ClientInfo,
+    announce: bool,
+}
+
+/// What this node holds in Redis and must keep renewing.
+#[derive(Default)]
+struct Local {
+    /// channel → client → entry.
+    presence: HashMap<String, HashMap<String, LocalPresence>>,
+    /// client → user, for every connection slot held.
+    slots: HashMap<String, String>,
+}
+
+/// Writes nobody waits for, applied in the order they were made.
+enum Op {
+    Join {
+        channel: String,
+        client: String,
+        entry: String,
+        announce: bool,
+        frame: Option<String>,
+        /// Told once the entry is written (or the write was given up).
+        ack: Option<oneshot::Sender<Result<(), EngineError>>>,
+    },
+    Leave {
+        channel: String,
+        client: String,
+        announce: bool,
+        frame: Option<String>,
+    },
+    Release {
+        user: String,
+        client: String,
+    },
+    Control(String),
+}
+
+pub struct RedisEngine {
+    conn: ConnectionManager,
+    keys: Keys,
+    scripts: Arc<Scripts>,
+    settings: RedisSettings,
+    /// Fire-and-forget writes, to the one task that applies them in order.
+    ops: mpsc::UnboundedSender<Op>,
+    local: Mutex<Local>,
+    pub health: Arc<Health>,
+}
+
+/// A presence entry as stored in Redis.
+#[derive(Deserialize)]
+struct StoredClient {
+    client: String,
+    user: String,
+    info: Option<Box<RawValue>>,
+}
+
+impl StoredClient {
+    fn parse(json: &str) -> Option<ClientInfo> {
+        let s: StoredClient = serde_json::from_str(json).ok()?;
+        Some(ClientInfo {
+            client: s.client,
+            user: s.user,
+            info: s.info.map(Arc::from),
+        })
+    }
+}
+
+fn unavailable(e: redis::RedisError) -> EngineError {
+    EngineError::Unavailable(e.to_string())
+}
+
+fn int(v: &Value) -> Option<i64> {
+    match v {
+        Value::Int(i) => Some(*i),
+        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+        Value::SimpleString(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+fn text(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::Int(i) => Some(i.to_string()),
+        _ => None,
+    }
+}
+
+fn frames(v: &Value) -> Result<Vec<Message>, EngineError> {
+    let Value::Array(items) = v else {
+        return Ok(Vec::new());
+    };
+    items
+        .iter()
+        .map(|item| {
+            text(item)
+                .and_then(|t| message(t).ok())
+                .ok_or_else(|| EngineError::Internal("a history entry is not a JSON frame".into()))
+        })
+        .collect()
+}
+
+fn position(items: &[Value]) -> Result<Position, EngineError> {
+    match (items.first().and_then(int), items.get(1).and_then(text)) {
+        (Some(offset), Some(epoch)) => Ok(Position {
+            offset: u64::try_from(offset).unwrap_or(0),
+            epoch,
+        }),
+        _ => Err(EngineError::Internal("unexpected script answer".into())),
+    }
+}
+
+impl RedisEngine {
+    /// Connects lazily: a node starts while Redis is down and reports not ready until it is up.
+    pub fn new(
+        client: &redis::Client,
+        keys: Keys,
+        settings: RedisSettings,
+    ) -> Result<Arc<Self>, String> {
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
+            .map_err(|e| format!("HUB_REDIS_URL: {e}"))?;
+        let (ops, rx) = mpsc::unbounded_channel();
+        let engine = Arc::new(RedisEngine {
+            conn,
+            keys,
+            scripts: Arc::new(Scripts::new()),
+            settings,
+            ops,
+            local: Mutex::new(Local::default()),
+            health: Arc::new(Health::default()),
+        });
+        actix::spawn(apply_ops(Arc::downgrade(&engine), rx));
+        Ok(engine)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Local> {
+        self.local
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn conn(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// Runs a command, recording whether Redis answered.
+    async fn answered<T>(&self, result: redis::RedisResult<T>) -> Result<T, EngineError> {
+        match result {
+            Ok(v) => {
+                self.health.ok();
+                Ok(v)
+            }
+            Err(e) => {
+                self.health.failed(&e);
+                Err(unavailable(e))
+            }
+        }
+    }
+
+    fn lease_expiry(&self) -> u64 {
+        unix_millis() + self.settings.lease().as_millis() as u64
+    }
+
+    fn ttl_s(&self) -> u64 {
+        self.settings.history_ttl.as_secs().max(1)
+    }
+
+    /// Applies one fire-and-forget write.
+    async fn apply(&self, op: &Op) -> redis::RedisResult<()> {
+        let mut conn = self.conn();
+        let lease_ms = self.settings.lease().as_millis() as u64;
+        match op {
+            Op::Join {
+                channel,
+                client,
+                entry,
+                announce,
+                frame,
+                ..
+            } => {
+                let mut pipe = redis::pipe();
+                pipe.hset(self.keys.presence(channel), client, entry)
+                    .ignore()
+                    .zadd(
+                        self.keys.presence_leases(channel),
+                        client,
+                        self.lease_expiry(),
+                    )
+                    .ignore()
+                    .pexpire(self.keys.presence(channel), lease_ms as i64)
+                    .ignore()
+                    .pexpire(self.keys.presence_leases(channel), lease_ms as i64)
+                    .ignore()
+                    .sadd(
+                        self.keys.node_presence(&self.settings.node_id),
+                        presence_member(*announce, channel, client),
+                    )
+                    .ignore();
+                if let Some(frame) = frame {
+                    pipe.publish(self.keys.topic(channel), frame).ignore();
+                }
+                pipe.query_async::<()>(&mut conn).await
+            }
+            Op::Leave {
+                channel,
+                client,
+                announce,
+                frame,
+            } => {
+                self.scripts
+                    .leave
+                    .key(self.keys.presence(channel))
+                    .key(self.keys.presence_leases(channel))
+                    .arg(client)
+                    .arg(self.keys.topic(channel))
+                    .arg(frame.as_deref().unwrap_or(""))
+                    .invoke_async::<i64>(&mut conn)
+                    .await?;
+                redis::cmd("SREM")
+                    .arg(self.keys.node_presence(&self.settings.node_id))
+                    .arg(presence_member(*announce, channel, client))
+                    .query_async::<()>(&mut conn)
+                    .await
+            }
+            Op::Release { user, client } => {
+                redis::cmd("ZREM")
+                    .arg(self.keys.connections(user))
+                    .arg(client)
+                    .query_async::<()>(&mut conn)
+                    .await
+            }
+            Op::Control(message) => {
+                redis::cmd("PUBLISH")
+                    .arg(self.keys.control())
+                    .arg(message)
+                    .query_async::<()>(&mut conn)
+                    .await
+            }
+        }
+    }
+}
+
+/// `<announce>\n<channel>\n<client>`: what a node's presence set records of each entry.
+fn presence_member(announce: bool, channel: &str, client: &str) -> String {
+    format!("{}\n{channel}\n{client}", u8::from(announce))
+}
+
+/// The ordered writer of fire-and-forget operations. A write that fails is retried with
+/// backoff while its effect still matters (within a lease: after that the heartbeat's
+/// re-assertion or lease expiry settles the state anyway).
+async fn apply_ops(engine: std::sync::Weak<RedisEngine>, mut rx: mpsc::UnboundedReceiver<Op>) {
+    while let Some(mut op) = rx.recv().await {
+        let Some(e) = engine.upgrade() else {
+            return;
+        };
+        let started = std::time::Instant::now();
+        let mut delay = Duration::from_millis(50);
+        let outcome = loop {
+            match e.apply(&op).await {
+                Ok(()) => {
+                    e.health.ok();
+                    break Ok(());
+                }
+                Err(err) => {
+                    e.health.failed(&err);
+                    if started.elapsed() > e.settings.lease() {
+                        log::warn!("error=\"{err}\" presence or slot update dropped after retries");
+                        break Err(unavailable(err));
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+            }
+        };
+        if let Op::Join { ack, .. } = &mut op {
+            if let Some(ack) = ack.take() {
+                let _ = ack.send(outcome);
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Engine for RedisEngine {
+    async fn publish(&self, req: PublishRequest) -> Result<Published, EngineError> {
+        let event_id = req
+            .event_id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let template = MessageTemplate::new(
+            &req.channel,
+            &event_id,
+            req.event_type.as_deref(),
+            &req.data,
+            req.from.as_ref(),
+            unix_millis(),
+        );
+        let dedup = req.event_id.is_some();
+        let dedup_key = if dedup {
+            self.keys.dedup(&req.channel, &event_id)
+        } else {
+            self.keys.history(&req.channel)
+        };
+        let mut conn = self.conn();
+        let answer: Vec<Value> = self
+            .answered(
+                self.scripts
+                    .publish
+                    .key(self.keys.meta(&req.channel))
+                    .key(self.keys.history(&req.channel))
+                    .key(dedup_key)
+                    .arg(self.keys.topic(&req.channel))
+                    .arg(self.settings.history_size)
+                    .arg(self.ttl_s())
+                    .arg(self.settings.dedup_window.as_secs().max(1))
+                    .arg(random_token(8))
+                    .arg(&template.head)
+                    .arg(&template.tail)
+                    .arg(if dedup { "1" } else { "0" })
+                    .invoke_async(&mut conn)
+                    .await,
+            )
+            .await?;
+        match answer.first().and_then(int) {
+            Some(1) => Ok(Published {
+                position: position(&answer[1..])?,
+                event_id,
+                duplicate: false,
+            }),
+            Some(0) => {
+                let seen = answer.get(1).and_then(text).unwrap_or_default();
+                let (offset, epoch) = seen
+                    .split_once(':')
+                    .ok_or_else(|| EngineError::Internal("malformed dedup entry".into()))?;
+                Ok(Published {
+                    position: Position {
+                        offset: offset.parse().unwrap_or(0),
+                        epoch: epoch.to_owned(),
+                    },
+                    event_id,
+                    duplicate: true,
+                })
+            }
+            _ => Err(EngineError::Internal("unexpected publish answer".into())),
+        }
+    }
+
+    async fn subscribe(
+        &self,
+        channel: &str,
+        recover: Option<&Position>,
+    ) -> Result<Subscribed, EngineError> {
+        let (since, since_epoch) = match recover {
+            Some(p) => (
+                i64::try_from(p.offset).unwrap_or(i64::MAX),
+                p.epoch.as_str(),
+            ),
+            None => (-1, ""),
+        };
+        let mut conn = self.conn();
+        let answer: Vec<Value> = self
+            .answered(
+                self.scripts
+                    .position
+                    .key(self.keys.meta(channel))
+                    .key(self.keys.history(channel))
+                    .arg(random_token(8))
+                    .arg(self.ttl_s())
+                    .arg(since)
+                    .arg(since_epoch)
+                    .invoke_async(&mut conn)
+                    .await,
+            )
+            .await?;
+        let recovered = match answer.get(2).and_then(int) {
+            Some(1) => Some(frames(answer.get(3).unwrap_or(&Value::Nil))?),
+            _ => None,
+        };
+        Ok(Subscribed {
+            position: position(&answer)?,
+            recovered,
+        })
+    }
+
+    async fn history(
+        &self,
+        channel: &str,
+        limit: usize,
+        since: Option<&Position>,
+    ) -> Result<HistoryPage, EngineError> {
+        let (since_offset, since_epoch) = match since {
+            Some(p) => (
+                i64::try_from(p.offset).unwrap_or(i64::MAX),
+                p.epoch.as_str(),
+            ),
+            None => (-1, ""),
+        };
+        let mut conn = self.conn();
+        let answer: Vec<Value> = self
+            .answered(
+                self.scripts
+                    .history
+                    .key(self.keys.meta(channel))
+                    .key(self.keys.history(channel))
+                    .arg(random_token(8))
+                    .arg(self.ttl_s())
+                    .arg(limit)
+                    .arg(since_offset)
+                    .arg(since_epoch)
+                    .invoke_async(&mut conn)
+                    .await,
+            )
+            .await?;
+        Ok(HistoryPage {
+            position: position(&answer)?,
+            publications: frames(answer.get(2).unwrap_or(&Value::Nil))?,
+        })
+    }
+
+    fn join(
+        &self,
+        channel: &str,
+        client: ClientInfo,
+        announce: bool,
+    ) -> BoxFuture<'static, Result<(), EngineError>> {
+        let entry = serde_json::to_string(&client).unwrap_or_default();
+        let frame = announce.then(|| {
+            ServerFrame::Join {
+                channel,
+                client: &client,
+            }
+            .encode()
+            .to_string()
+        });
+        let id = client.client.clone();
+        self.lock()
+            .presence
+            .entry(channel.to_owned())
+            .or_default()
+            .insert(
+                id.clone(),
+                LocalPresence {
+                    info: client,
+                    announce,
+                },
+            );
+        let (ack, done) = oneshot::channel();
+        let queued = self.ops.send(Op::Join {
+            channel: channel.to_owned(),
+            client: id,
+            entry,
+            announce,
+            frame,
+            ack: Some(ack),
+        });
+        Box::pin(async move {
+            if queued.is_err() {
+                return Err(EngineError::Unavailable("the engine is stopping".into()));
+            }
+            done.await
+                .unwrap_or_else(|_| Err(EngineError::Unavailable("the engine is stopping".into())))
+        })
+    }
+
+    fn leave(&self, channel: &str, client: &str, announce: bool) {
+        let removed = {
+            let mut local = self.lock();
+            let removed = local
+                .presence
+                .get_mut(channel)
+                .and_then(|c| c.remove(client));
+            if local.presence.get(channel).is_some_and(HashMap::is_empty) {
+                local.presence.remove(channel);
+            }
+            removed
+        };
+        let Some(entry) = removed else {
+            return;
+        };
+        let frame = announce.then(|| {
+            ServerFrame::Leave {
+                channel,
+                client: &entry.info,
+            }
+            .encode()
+            .to_string()
+        });
+        let _ = self.ops.send(Op::Leave {
+            channel: channel.to_owned(),
+            client: client.to_owned(),
+            announce: entry.announce,
+            frame,
+        });
+    }
+
+    async fn presence(&self, channel: &str) -> Result<Vec<ClientInfo>, EngineError> {
+        let mut conn = self.conn();
+        let entries: Vec<String> = self
+            .answered(
+                self.scripts
+                    .presence
+                    .key(self.keys.presence(channel))
+                    .key(self.keys.presence_leases(channel))
+                    .arg(unix_millis())
+                    .invoke_async(&mut conn)
+                    .await,
+            )
+            .await?;
+        Ok(entries
+            .iter()
+            .filter_map(|e| StoredClient::parse(e))
+            .collect())
+    }
+
+    async fn acquire_connection(
+        &self,
+        user: &str,
+        client: &str,
+        limit: u32,
+    ) -> Result<bool, EngineError> {
+        let mut conn = self.conn();
+        let taken: i64 = self
+            .answered(
+                self.scripts
+                    .acquire
+                    .key(self.keys.connections(user))
+                    .arg(unix_millis())
+                    .arg(self.lease_expiry())
+                    .arg(client)
+                    .arg(limit)
+                    .arg(self.settings.lease().as_millis() as u64)
+                    .invoke_async(&mut conn)
+                    .await,
+            )
+            .await?;
+        if taken == 1 {
+            self.lock().slots.insert(client.to_owned(), user.to_owned());
+        }
+        Ok(taken == 1)
+    }
+
+    fn release_connection(&self, user: &str, client: &str) {
+        if self.lock().slots.remove(client).is_some() {
+            let _ = self.ops.send(Op::Release {
+                user: user.to_owned(),
+                client: client.to_owned(),
+            });
+        }
+    }
+
+    fn health(&self) -> Result<(), String> {
+        self.health.check()
+    }
+
+    async fn other_nodes(&self) -> Result<Vec<NodeInfo>, EngineError> {
+        cluster::other_nodes(self).await
+    }
+
+    async fn other_channels(&self) -> Result<Vec<(String, usize)>, EngineError> {
+        cluster::other_channels(self).await
+    }
+
+    fn disconnect_user(&self, user: &str) {
+        let message = NodeMessage::Disconnect {
+            user: user.to_owned(),
+            node: self.settings.node_id.clone(),
+        };
+        if let Ok(text) = serde_json::to_string(&message) {
+            let _ = self.ops.send(Op::Control(text));
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! The server-side scripts that make each multi-step operation atomic: one script per
+//! operation, touching only one channel's keys (one hash slot).
+
+use redis::Script;
+
+/// Publishes one message: dedup check, next offset, history append and trim, expiry, then
+/// PUBLISH of the finished frame. Atomic, so every node sees a channel's offsets in order.
+///
+/// KEYS: meta, history, dedup key (the history key again when there is no event id).
+/// ARGV: topic, history size, history TTL (s), dedup window (s), epoch to start with,
+///       frame head, frame tail, `1` when deduplicating.
+/// Returns `{1, offset, epoch}`, or `{0, "offset:epoch"}` for a duplicate.
+const PUBLISH: &str = r#"
+local meta, history = KEYS[1], KEYS[2]
+if ARGV[8] == '1' then
+  local seen = redis.call('GET', KEYS[3])
+  if seen then return {0, seen} end
+end
+local epoch = redis.call('HGET', meta, 'epoch')
+if not epoch then
+  epoch = ARGV[5]
+  redis.call('DEL', history)
+  redis.call('HSET', meta, 'epoch', epoch, 'offset', 0)
+end
+local offset = redis.call('HINCRBY', meta, 'offset', 1)
+local frame = ARGV[6] .. string.format('%d', offset) .. ',"epoch":"' .. epoch .. '",' .. ARGV[7]
+redis.call('RPUSH', history, frame)
+redis.call('LTRIM', history, -tonumber(ARGV[2]), -1)
+redis.call('EXPIRE', history, ARGV[3])
+redis.call('EXPIRE', meta, ARGV[3])
+if ARGV[8] == '1' then
+  redis.call('SET', KEYS[3], string.format('%d', offset) .. ':' .. epoch, 'EX', ARGV[4])
+end
+redis.call('PUBLISH', ARGV[1], frame)
+return {1, offset, epoch}
+"#;
+
+/// The channel's position, starting an epoch if it has none, and the publications after a
+/// given offset when history still holds all of them.
+///
+/// KEYS: meta, history. ARGV: epoch to start with, history TTL (s), since offset (-1: none),
+/// since epoch.
+/// Returns `{offset, epoch}` or `{offset, epoch, recovered (0|1), frames}`.
+const POSITION: &str = r#"
+local meta, history = KEYS[1], KEYS[2]
+local epoch = redis.call('HGET', meta, 'epoch')
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('DEL', history)
+  redis.call('HSET', meta, 'epoch', epoch, 'offset', 0)
+  redis.call('EXPIRE', meta, ARGV[2])
+end
+local offset = tonumber(redis.call('HGET', meta, 'offset'))
+local since = tonumber(ARGV[3])
+if since < 0 then return {offset, epoch} end
+if ARGV[4] ~= epoch or since > offset then return {offset, epoch, 0} end
+local oldest = offset - redis.call('LLEN', history) + 1
+if since + 1 < oldest then return {offset, epoch, 0} end
+return {offset, epoch, 1, redis.call('LRANGE', history, since + 1 - oldest, -1)}
+"#;
+
+/// A page of history: the newest `limit` frames, or the first `limit` after `since` (same
+/// epoch only).
+///
+/// KEYS: meta, history. ARGV: epoch to start with, history TTL (s), limit, since offset (-1:
+/// none), since epoch.
+/// Returns `{offset, epoch, frames}`.
+const HISTORY: &str = r#"
+local meta, history = KEYS[1], KEYS[2]
+local epoch = redis.call('HGET', meta, 'epoch')
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('DEL', history)
+  redis.call('HSET', meta, 'epoch', epoch, 'offset', 0)
+  redis.call('EXPIRE', meta, ARGV[2])
+end
+local offset = tonumber(redis.call('HGET', meta, 'offset'))
+local limit = tonumber(ARGV[3])
+if limit <= 0 then return {offset, epoch, {}} end
+local since = tonumber(ARGV[4])
+if since >= 0 and ARGV[5] == epoch then
+  local len = redis.call('LLEN', history)
+  local start = since + 1 - (offset - len + 1)
+  if start < 0 then start = 0 end
+  if start >= len then return {offset, epoch, {}} end
+  return {offset, epoch, redis.call('LRANGE', history, start, start + limit - 1)}
+end
+return {offset, epoch, redis.call('LRANGE', history, -limit, -1)}
+"#;
+
+/// Takes one of a user's connection slots if one is free (expired leases are freed first).
+///
+/// KEYS: the user's connection set. ARGV: now (ms), lease expiry (ms), client, limit, key TTL (ms).
+/// Returns 1 when taken.
+const ACQUIRE: &str = r#"
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZSCORE', KEYS[1], ARGV[3]) then return 1 end
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+return 1
+"#;
+
+/// A channel's presence, without entries whose lease expired.
+///
+/// KEYS: presence hash, presence leases. ARGV: now (ms). Returns the entries (JSON).
+const PRESENCE: &str = r#"
+local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
+for _, client in ipairs(expired) do redis.call('HDEL', KEYS[1], client) end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
+return redis.call('HVALS', KEYS[1])
+"#;
+
+/// Removes one presence entry and, if it was there and `announce` is set, publishes the
+/// `leave` frame. KEYS: presence hash, presence leases. ARGV: client, topic, frame ('' = none).
+const LEAVE: &str = r#"
+local removed = redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+if removed == 1 and ARGV[3] ~= '' then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
+return removed
+"#;
+
+/// The scripts, hashed once.
+pub struct Scripts {
+    pub publish: Script,
+    pub position: Script,
+    pub history: Script,
+    pub acquire: Script,
+    pub presence: Script,
+    pub leave: Script,
+}
+
+impl Scripts {
+    pub fn new() -> Self {
+        Scripts {
+            publish: Script::new(PUBLISH),
+            position: Script::new(POSITION),
+            history: Script::new(HISTORY),
+            acquire: Script::new(ACQUIRE),
+            presence: Script::new(PRESENCE),
+            leave: Script::new(LEAVE),
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! realtime-hub: a realtime messaging hub. Browsers hold WebSocket connections and subscribe to
+//! channels; services publish over HTTP; every publication reaches every subscriber of its
+//! channel in order, with history for recovery and presence for who is there.
+//!
+//! # Layout
+//!
+//! Data flows one way: socket → [`session`] → [`engine`] → (Redis → [`bridge`]) → [`hub`] →
+//! sessions.
+//!
+//! - [`config`]: every setting, flag and `HUB_*` variable.
+//! - [`protocol`]: the wire: client frames, server frames, close codes, channel names.
+//! - [`error`]: errors mapped once to contract codes and HTTP statuses.
+//! - [`auth`]: JWT verification and channel permissions.
+//! - [`session`]: one WebSocket connection as an actor, with its bounded outbound backlog.
+//! - [`hub`]: the per-node routing actor.
+//! - [`engine`]: offsets, epochs, history, dedup, presence, connection slots (memory or Redis).
+//! - [`bridge`]: the Redis engine's pub/sub link, feeding other nodes' publications to the Hub,
+//!   and the Streams consumer group that ingests service events ([`bridge::streams`]).
+//! - [`http`]: the route table: `/ws`, `/api/`, `/dev/token`, health, static files.
+//! - [`dashboard`]: the node's figures published to `dashboard:hub`.
+//! - [`shutdown`]: the ordered drain on SIGTERM.
+//! - [`demo_events`]: the `demo-events` producer of sample domain events.
+
+pub mod app;
+pub mod auth;
+pub mod bridge;
+pub mod config;
+pub mod dashboard;
+pub mod demo_events;
+pub mod engine;
+pub mod error;
+pub mod http;
+pub mod hub;
+pub mod logging;
+pub mod metrics;
+pub mod protocol;
+pub mod session;
+pub mod shutdown;
+
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+
+use actix::Actor;
+use actix_web::{web, App, HttpServer};
+
+use app::AppState;
+use bridge::streams::{StreamSettings, Streams};
+use bridge::RedisBridge;
+use config::Config;
+use engine::memory::MemoryEngine;
+use engine::redis::{start_heartbeat, Keys, RedisEngine, RedisSettings};
+use engine::{Deadline, Engine};
+use hub::{Hub, UseWatcher, Watcher};
+use metrics::Metrics;
+
+/// Listen backlog: the default of 128 overflows under connection bursts (1 s SYN retries).
+const LISTEN_BACKLOG: i32 = 2048;
+
+/// Binds the listening socket the way the hub needs it (address reuse, a deep backlog).
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let domain = if addr.is_ipv4() {
+        socket2::Domain::IPV4
+    } else {
+        socket2::Domain::IPV6
+    };
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+/// Runs one hub node on `listener` until `shutdown` resolves, then drains (see [`shutdown`]).
+/// Must be called inside an actix system; the tests start it on port 0.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + 'static,
+) -> std::io::Result<()> {
+    // Everything that can fail on bad settings comes before any actor starts: a node that
+    // cannot run must exit cleanly with the reason, not after half-starting.
+    let verifier = auth::Verifier::new(&config).map_err(std::io::Error::other)?;
+    let redis_client = match &config.redis_url {
+        Some(url) => Some(
+            redis::Client::open(url.as_str())
+                .map_err(|e| std::io::Error::other(format!("HUB_REDIS_URL: {e}")))?,
+        ),
+        None => None,
+    };
+    let metrics = Metrics::new();
+    let hub = Hub::new(config.node_queue_bytes, Arc::clone(&metrics)).start();
+    let streams_client = redis_client.clone();
+    let engine: Arc<dyn Engine> = match redis_client {
+        None => {
+            let memory = Arc::new(MemoryEngine::new(
+                hub.clone().recipient(),
+                config.history_size,
+                config.history_ttl,
+                config.dedup_window,
+            ));
+            memory.start_sweeper();
+            Arc::new(Deadline(memory))
+        }
+        Some(client) => {
+            let keys = Keys::new(&config.redis_prefix);
+            let redis =
+                RedisEngine::new(&client, keys.clone(), RedisSettings::from_config(&config))
+                    .map_err(std::io::Error::other)?;
+            let bridge = RedisBridge::new(
+                client,
+                keys,
+                config.node_id.clone(),
+                hub.clone(),
+                Arc::clone(&redis.health),
+                Arc::clone(&metrics),
+            )
+            .start();
+            // Sent before the server accepts anyone, so no subscribe can miss the watcher.
+            hub.do_send(UseWatcher(Watcher {
+                watch: bridge.clone().recipient(),
+                unwatch: bridge.recipient(),
+            }));
+            start_heartbeat(&redis, hub.clone().recipient());
+            Arc::new(Deadline(redis))
+        }
+    };
+    // Service events from Redis Streams, published through the engine like any publication.
+    let streams = match streams_client {
+        Some(client) if !config.streams.is_empty() => {
+            let settings = StreamSettings::from_config(&config, &Keys::new(&config.redis_prefix));
+            Some(
+                Streams::start(&client, settings, Arc::clone(&engine))
+                    .map_err(std::io::Error::other)?,
+            )
+        }
+        _ => None,
+    };
+    let address = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    log::info!(
+        address = address.as_str(),
+        engine = if config.redis_url.is_some() { "redis" } else { "memory" };
+        "listening"
+    );
+    let workers = config.workers;
+    let shutdown_timeout = config.shutdown_timeout;
+    let ping_interval = config.ping_interval;
+    let app = web::Data::new(
+        AppState::new(config, engine, hub, verifier, Arc::clone(&metrics)).with_streams(streams),
+    );
+    dashboard::start(app.clone().into_inner());
+
+    let routes_app = app.clone();
+    let server = HttpServer::new(move || {
+        let app = routes_app.clone();
+        App::new()
+            .app_data(app.clone())
+            .wrap(actix_web::middleware::from_fn(http::count_errors))
+            .configure(|cfg| http::routes(cfg, &app))
+    })
+    .workers(workers)
+    // We drive shutdown ourselves: sessions must be closed with 1001 first.
+    .disable_signals()
+    .shutdown_timeout(shutdown_timeout.as_secs())
+    .on_connect(move |conn, _| http::tune_connection(conn, ping_interval))
+    .listen(listener)?
+    .run();
+
+    let handle = server.handle();
+    actix_web::rt::spawn(async move {
+        shutdown.await;
+        shutdown::drain(&app, handle).await;
+    });
+    server.await
+}

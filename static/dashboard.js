@@ -1,0 +1,293 @@
+// The live dashboard: per-node figures from `dashboard:hub` as a table and four line charts, and a
+// feed of domain events from other `dashboard:*` channels.
+import { LineChart } from "./chart.js";
+import { $, describeError, formatNumber, h, isValidChannel, store, timeElement } from "./ui.js";
+
+const HUB_CHANNEL = "dashboard:hub";
+const DEFAULT_FEEDS = ["dashboard:orders", "dashboard:sensors"];
+const FIGURES = ["connections", "subscriptions", "publications_per_s", "deliveries_per_s"];
+const WINDOW_MS = 120_000;
+const STALE_MS = 5_000; // a node that has not reported for this long is shown as silent
+const FEED_MAX = 100;
+// Series colours are CSS custom properties (--series-1..6 in style.css: Okabe–Ito hues, which stay
+// distinguishable with the common colour-vision deficiencies, tuned per theme), plus a dash
+// pattern per node so that lines differ by more than hue alone.
+const PALETTE = [1, 2, 3, 4, 5, 6].map((i) => `--series-${i}`);
+const DASHES = [[], [7, 4], [2, 4], [10, 4, 2, 4]];
+
+export class Dashboard {
+  constructor({ hub, banner }) {
+    this.hub = hub;
+    this.banner = banner;
+    this.started = false;
+    this.visible = false;
+    this.nodes = new Map(); // node -> {color, dash, samples: [{t, ...figures}], latest, seenAt}
+    this.feeds = [...new Set([...DEFAULT_FEEDS, ...store.get("hub.feeds", [])])];
+    this.paused = false;
+    this.missed = 0;
+    this.abort = new AbortController();
+    this.charts = Object.fromEntries(
+      FIGURES.map((f) => [f, new LineChart($(`chart-${f}`), { windowMs: WINDOW_MS, format: formatNumber, integer: !f.endsWith("_per_s") })]),
+    );
+    this._wire();
+    this._renderFeedChannels();
+    $("feed").replaceChildren();
+    this._updateFeedEmpty();
+  }
+
+  /** Subscribes on first show; afterwards the data keeps flowing while the tab is hidden. */
+  show() {
+    this.visible = true;
+    if (!this.started) this._start();
+    this._drawAll();
+    // The time axis slides even when no report arrives (e.g. every node went quiet).
+    clearInterval(this._tick);
+    this._tick = setInterval(() => {
+      this._drawAll();
+      this._renderTable();
+    }, 1000);
+  }
+
+  hide() {
+    this.visible = false;
+    clearInterval(this._tick);
+  }
+
+  dispose() {
+    this.hide();
+    this.abort.abort();
+    for (const chart of Object.values(this.charts)) chart.dispose();
+    $("nodes-body").replaceChildren(placeholderRow());
+    $("legend").replaceChildren();
+    $("feed").replaceChildren();
+    this.started = false;
+  }
+
+  _wire() {
+    const { signal } = this.abort;
+    $("feed-pause").addEventListener(
+      "click",
+      () => {
+        this.paused = !this.paused;
+        this._renderPause();
+      },
+      { signal },
+    );
+    $("watch-form").addEventListener(
+      "submit",
+      (ev) => {
+        ev.preventDefault();
+        const input = $("watch-channel");
+        const name = `dashboard:${input.value.trim().replace(/^dashboard:/, "")}`;
+        const error = $("watch-error");
+        if (name === "dashboard:" || !isValidChannel(name) || name === HUB_CHANNEL) {
+          error.textContent = name === HUB_CHANNEL ? "That channel is already charted above." : "Use letters, digits and _ - : . @ / = | only.";
+          input.setAttribute("aria-invalid", "true");
+          return;
+        }
+        input.removeAttribute("aria-invalid");
+        error.textContent = "";
+        input.value = "";
+        if (this.feeds.includes(name)) return;
+        this.feeds.push(name);
+        store.set("hub.feeds", this.feeds.filter((f) => !DEFAULT_FEEDS.includes(f)));
+        this._renderFeedChannels();
+        if (this.started) this._watch(name);
+      },
+      { signal },
+    );
+  }
+
+  async _start() {
+    this.started = true;
+    // Prefill the charts with what the hub still has, then continue live from exactly there.
+    try {
+      const hist = await this.hub.history(HUB_CHANNEL, { limit: 100 });
+      for (const msg of hist.publications) this._onReport(msg);
+      await this.hub.subscribe(HUB_CHANNEL, {
+        since: { offset: hist.offset, epoch: hist.epoch },
+        onMessage: (msg) => this._onReport(msg),
+      });
+    } catch (err) {
+      this.banner.show(`Could not follow ${HUB_CHANNEL}: ${describeError(err)}`);
+    }
+    for (const channel of this.feeds) this._watch(channel);
+  }
+
+  // -------------------------------------------------------------- node figures
+
+  _onReport(msg) {
+    const d = msg.data;
+    if (!d || typeof d.node !== "string") return;
+    let node = this.nodes.get(d.node);
+    if (!node) {
+      const i = this.nodes.size;
+      node = { name: d.node, color: PALETTE[i % PALETTE.length], dash: DASHES[i % DASHES.length], samples: [] };
+      this.nodes.set(d.node, node);
+      this._renderLegend();
+    }
+    const t = typeof d.ts === "number" ? d.ts : msg.ts;
+    const sample = { t };
+    for (const f of FIGURES) sample[f] = typeof d[f] === "number" ? d[f] : 0;
+    // Reports come in offset order, but a restarted node's clock may step; keep samples sorted.
+    if (node.samples.length && node.samples.at(-1).t > t) return;
+    node.samples.push(sample);
+    node.latest = sample;
+    node.seenAt = Date.now();
+    const cutoff = Date.now() - WINDOW_MS - 5_000;
+    while (node.samples.length && node.samples[0].t < cutoff) node.samples.shift();
+    this._renderTable();
+    this._updateCharts();
+  }
+
+  _updateCharts() {
+    for (const f of FIGURES) {
+      this.charts[f].setSeries(
+        [...this.nodes.values()].map((n) => ({
+          name: n.name,
+          color: n.color,
+          dash: n.dash,
+          points: n.samples.map((s) => [s.t, s[f]]),
+        })),
+      );
+      const live = [...this.nodes.values()].filter((n) => this._isLive(n));
+      const total = live.reduce((sum, n) => sum + n.latest[f], 0);
+      const out = $(`total-${f}`);
+      out.textContent = live.length ? `${formatNumber(total)}${live.length > 1 ? " total" : ""}` : "";
+      // The canvas is an image to assistive technology; its label carries the current values.
+      const values = [...this.nodes.values()].map((n) => `${n.name} ${formatNumber(n.latest[f])}`).join(", ");
+      $(`chart-${f}`).setAttribute("aria-label", `${out.previousElementSibling.textContent} per node over the last two minutes. Now: ${values}`);
+    }
+  }
+
+  _drawAll() {
+    if (!this.visible) return;
+    for (const chart of Object.values(this.charts)) chart.requestDraw();
+  }
+
+  _isLive(node) {
+    return Date.now() - node.seenAt < STALE_MS;
+  }
+
+  _renderTable() {
+    const body = $("nodes-body");
+    if (!this.nodes.size) return;
+    body.replaceChildren(
+      ...[...this.nodes.values()].map((n) => {
+        const live = this._isLive(n);
+        const ago = Math.max(0, Math.round((Date.now() - n.seenAt) / 1000));
+        return h(
+          "tr",
+          { dataset: { node: n.name }, class: live ? null : "stale" },
+          h("th", { scope: "row" }, h("span", { class: "swatch", style: `--swatch:var(${n.color})`, "aria-hidden": "true" }), n.name),
+          ...FIGURES.map((f) => h("td", { class: "num", dataset: { figure: f } }, formatNumber(n.latest[f]))),
+          h("td", { class: "num" }, live ? timeElement(n.latest.t, { seconds: true }) : `silent for ${ago} s`),
+        );
+      }),
+    );
+  }
+
+  _renderLegend() {
+    $("legend").replaceChildren(...[...this.nodes.values()].map((n) => h("li", {}, legendSample(n), n.name)));
+  }
+
+  // -------------------------------------------------------------- event feed
+
+  async _watch(channel) {
+    try {
+      const hist = await this.hub.history(channel, { limit: 20 });
+      for (const msg of hist.publications) this._onEvent(msg, { quiet: true });
+      await this.hub.subscribe(channel, {
+        since: { offset: hist.offset, epoch: hist.epoch },
+        onMessage: (msg) => this._onEvent(msg),
+      });
+    } catch (err) {
+      this.banner.show(`Could not watch ${channel}: ${describeError(err)}`);
+      this.feeds = this.feeds.filter((f) => f !== channel);
+      this._renderFeedChannels();
+    }
+  }
+
+  _onEvent(msg, { quiet = false } = {}) {
+    if (this.paused && !quiet) {
+      this.missed++;
+      this._renderPause();
+      return;
+    }
+    const d = msg.data && typeof msg.data === "object" ? msg.data : { value: msg.data };
+    const type = msg.event_type ?? d.event_type ?? "event";
+    const when = parseTime(d.occurred_at) ?? msg.ts;
+    const { event_id: _id, event_type: _type, aggregate_id: aggregate, occurred_at: _at, ...rest } = d;
+    const details = Object.entries(rest)
+      .map(([k, v]) => `${k}: ${typeof v === "object" ? JSON.stringify(v) : v}`)
+      .join(" · ");
+    const li = h(
+      "li",
+      { class: "event", dataset: { channel: msg.channel, type } },
+      h("span", { class: "event-time" }, timeElement(when, { seconds: true })),
+      h("span", { class: "event-channel", dataset: { kind: msg.channel.split(":").slice(1).join(":") } }, msg.channel.replace(/^dashboard:/, "")),
+      h(
+        "span",
+        { class: "event-main" },
+        h("strong", { class: "event-type" }, type),
+        aggregate !== undefined ? h("span", { class: "event-aggregate" }, ` ${aggregate}`) : null,
+        details ? h("span", { class: "event-details" }, details) : null,
+      ),
+    );
+    // Newest first, by the hub's publish time: history of several channels and live pushes
+    // arrive interleaved, and the feed should not depend on which came back first.
+    li.dataset.ts = String(msg.ts ?? Date.now());
+    const list = $("feed");
+    const later = [...list.children].find((el) => Number(el.dataset.ts) < Number(li.dataset.ts));
+    list.insertBefore(li, later ?? null);
+    while (list.childElementCount > FEED_MAX) list.lastElementChild.remove();
+    this._updateFeedEmpty();
+  }
+
+  _renderPause() {
+    const button = $("feed-pause");
+    button.setAttribute("aria-pressed", String(this.paused));
+    button.textContent = this.paused ? (this.missed ? `Resume (${this.missed} new)` : "Resume") : "Pause";
+    if (!this.paused) this.missed = 0;
+  }
+
+  _renderFeedChannels() {
+    const names = this.feeds.map((f) => h("code", {}, f));
+    const parts = names.flatMap((el, i) => (i ? [i === names.length - 1 ? " and " : ", ", el] : [el]));
+    $("feed-channels").replaceChildren(...parts);
+  }
+
+  _updateFeedEmpty() {
+    $("feed-empty").hidden = $("feed").childElementCount > 0;
+  }
+}
+
+const SVG_NS = "http://www.w3.org/2000/svg";
+
+/** A short line in the node's colour and dash pattern, as drawn in the charts. */
+function legendSample(node) {
+  const svg = document.createElementNS(SVG_NS, "svg");
+  const line = document.createElementNS(SVG_NS, "line");
+  const attrs = {
+    x1: 2, y1: 5, x2: 30, y2: 5, style: `stroke:var(${node.color})`, "stroke-width": 3, "stroke-linecap": "round",
+    "stroke-dasharray": node.dash.length ? node.dash.join(" ") : "none",
+  };
+  for (const [k, v] of Object.entries(attrs)) line.setAttribute(k, v);
+  for (const [k, v] of Object.entries({ class: "legend-line", viewBox: "0 0 32 10", width: 32, height: 10, "aria-hidden": "true" })) svg.setAttribute(k, v);
+  svg.append(line);
+  return svg;
+}
+
+function placeholderRow() {
+  return h("tr", { class: "placeholder" }, h("td", { colspan: 6 }, "Waiting for the first report…"));
+}
+
+/** `occurred_at` may be Unix ms, Unix seconds or an ISO-8601 string. */
+function parseTime(value) {
+  if (typeof value === "number") return value < 1e12 ? value * 1000 : value;
+  if (typeof value === "string") {
+    const ms = Date.parse(value);
+    return Number.isNaN(ms) ? null : ms;
+  }
+  return null;
+}

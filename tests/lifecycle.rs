@@ -1,0 +1,725 @@
+//! The real `realtime-hub` binary as an operator runs it (PROTOCOL §5): development mode and
+//! its generated API key and `/dev/token`, the server API without a key, the `token`
+//! subcommand, graceful shutdown on SIGTERM/SIGINT, and clear failures on bad configuration.
+//!
+//! Every hub here is a subprocess on a free port, configured through `HUB_*` variables only
+//! (the test's own `HUB_*` environment is removed).
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use jsonwebtoken::{decode, Algorithm, DecodingKey, Validation};
+use serde_json::{json, Value};
+
+/// What a reader thread collected from one pipe.
+#[derive(Default)]
+struct Captured {
+    lines: Vec<String>,
+    /// The pipe ended (the process exited or closed it).
+    ended: bool,
+}
+
+#[derive(Default)]
+struct Shared {
+    captured: Mutex<Captured>,
+    /// Notified on every new line and at the end.
+    changed: Condvar,
+}
+
+/// The lines a child process wrote to one of its pipes, collected by a reader thread.
+#[derive(Clone, Default)]
+struct Lines {
+    /// Appended to by the reader thread; read by the test.
+    shared: Arc<Shared>,
+}
+
+impl Lines {
+    fn read_from(pipe: impl Read + Send + 'static) -> Lines {
+        let lines = Lines::default();
+        let sink = Arc::clone(&lines.shared);
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                sink.captured.lock().expect("lines lock").lines.push(line);
+                sink.changed.notify_all();
+            }
+            sink.captured.lock().expect("lines lock").ended = true;
+            sink.changed.notify_all();
+        });
+        lines
+    }
+
+    /// Waits (at most `within`) for a line matching `pred`; `None` if the pipe ends first or
+    /// the time is up.
+    fn wait_for(&self, within: Duration, pred: impl Fn(&str) -> bool) -> Option<String> {
+        let deadline = Instant::now() + within;
+        let mut captured = self.shared.captured.lock().expect("lines lock");
+        loop {
+            if let Some(line) = captured.lines.iter().find(|l| pred(l)) {
+                return Some(line.clone());
+            }
+            let now = Instant::now();
+            if captured.ended || now >= deadline {
+                return None;
+            }
+            captured = self
+                .shared
+                .changed
+                .wait_timeout(captured, deadline - now)
+                .expect("lines lock")
+                .0;
+        }
+    }
+
+    /// Waits for the pipe to end (the process exited) and returns everything written.
+    fn all_after_exit(&self) -> String {
+        let deadline = Instant::now() + WAIT;
+        let mut captured = self.shared.captured.lock().expect("lines lock");
+        while !captured.ended && Instant::now() < deadline {
+            captured = self
+                .shared
+                .changed
+                .wait_timeout(captured, deadline.saturating_duration_since(Instant::now()))
+                .expect("lines lock")
+                .0;
+        }
+        captured.lines.join("\n")
+    }
+
+    fn text(&self) -> String {
+        self.shared
+            .captured
+            .lock()
+            .expect("lines lock")
+            .lines
+            .join("\n")
+    }
+}
+
+/// A free local address: bound on port 0, then released for the hub to take.
+fn free_addr() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+    listener.local_addr().expect("local addr")
+}
+
+/// The hub binary with a clean `HUB_*` environment plus `envs`, run from the package root.
+fn hub_command(envs: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_realtime-hub"));
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("HUB_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("RUST_LOG", "info")
+        .env("HUB_WORKERS", "1")
+        .envs(envs.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// A hub running as a subprocess; dropping it kills the process if it still runs.
+struct HubProcess {
+    child: Child,
+    addr: SocketAddr,
+    stdout: Lines,
+    stderr: Lines,
+}
+
+impl HubProcess {
+    /// Starts the binary with `envs` (`HUB_BIND` added unless given) without waiting.
+    fn spawn(envs: &[(&str, &str)]) -> HubProcess {
+        let given_bind = envs.iter().find(|(k, _)| *k == "HUB_BIND").map(|(_, v)| *v);
+        let addr = given_bind.map_or_else(free_addr, |b| b.parse().expect("HUB_BIND address"));
+        let bind = addr.to_string();
+        let mut all: Vec<(&str, &str)> = envs.to_vec();
+        if given_bind.is_none() {
+            all.push(("HUB_BIND", &bind));
+        }
+        let mut child = hub_command(&all).spawn().expect("start realtime-hub");
+        let stdout = Lines::read_from(child.stdout.take().expect("stdout pipe"));
+        let stderr = Lines::read_from(child.stderr.take().expect("stderr pipe"));
+        HubProcess {
+            child,
+            addr,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// Starts the binary and waits until it logs that it listens.
+    fn start(envs: &[(&str, &str)]) -> HubProcess {
+        let hub = HubProcess::spawn(envs);
+        let listening = hub.stderr.wait_for(WAIT, |l| l.contains("listening on"));
+        assert!(
+            listening.is_some(),
+            "the hub did not start; stderr:\n{}\nstdout:\n{}",
+            hub.stderr.text(),
+            hub.stdout.text()
+        );
+        hub
+    }
+
+    fn http(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    /// Sends a signal (`TERM`, `INT`) with the `kill` command.
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{name}"), self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Waits for the process to exit, at most `within`.
+    fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the hub did not exit within {within:?}; stderr:\n{}",
+                self.stderr.text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for HubProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Starts the binary with `envs`, expects it to exit on its own with a failure, and returns
+/// its stderr.
+fn fails_to_start(envs: &[(&str, &str)]) -> String {
+    let mut hub = HubProcess::spawn(envs);
+    let status = hub.wait_exit(WAIT);
+    let stderr = hub.stderr.all_after_exit();
+    assert!(!status.success(), "exit status {status}; stderr:\n{stderr}");
+    assert!(
+        !stderr.contains("panicked"),
+        "a panic instead of a message:\n{stderr}"
+    );
+    stderr
+}
+
+async fn http_post(url: &str, key: Option<&str>, body: &str) -> (u16, Value) {
+    let mut req = http()
+        .post(url)
+        .insert_header(("Content-Type", "application/json"));
+    if let Some(key) = key {
+        req = req.insert_header(("X-API-Key", key));
+    }
+    let mut res = req.send_body(body.to_owned()).await.expect("http request");
+    let status = res.status().as_u16();
+    let body = res.body().await.expect("body");
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+async fn http_get(url: &str, key: Option<&str>) -> (u16, Value) {
+    let mut req = http().get(url);
+    if let Some(key) = key {
+        req = req.insert_header(("X-API-Key", key));
+    }
+    let mut res = req.send().await.expect("http request");
+    let status = res.status().as_u16();
+    let body = res.body().await.expect("body");
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+/// What a graceful stop may take: the configured shutdown timeout plus a margin.
+const SHUTDOWN_TIMEOUT_S: u64 = 2;
+const EXIT_WITHIN: Duration = Duration::from_secs(SHUTDOWN_TIMEOUT_S + 3);
+
+// ---- Development mode ----
+
+/// Development mode (no secret, no public key) prints a generated API key once on stdout (not in
+/// the logs), and that key opens the server API.
+#[actix_rt::test]
+async fn dev_mode_prints_a_working_api_key_once() {
+    let mut hub = HubProcess::start(&[]);
+    let line = hub
+        .stdout
+        .wait_for(WAIT, |l| l.contains("API key:"))
+        .expect("an `API key:` line on stdout");
+    let key = line
+        .split("API key:")
+        .nth(1)
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    assert!(key.len() >= 16, "a generated key of some length: `{key}`");
+    assert!(
+        hub.stdout.text().contains(&format!("http://{}/", hub.addr)),
+        "the banner names the address: {}",
+        hub.stdout.text()
+    );
+
+    let publish = hub.http("/api/publish");
+    let body = r#"{"channel":"chat:lobby","data":{"text":"hi"}}"#;
+    let (status, answer) = http_post(&publish, Some(&key), body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["channel"], "chat:lobby");
+    let (status, answer) = http_post(&publish, None, body).await;
+    assert_eq!(
+        (status, &answer["error"]["code"]),
+        (401, &json!("unauthorized"))
+    );
+    let (status, _) = http_post(&publish, Some("not-the-key"), body).await;
+    assert_eq!(status, 401);
+
+    hub.signal("TERM");
+    assert!(hub.wait_exit(EXIT_WITHIN).success());
+    let stdout = hub.stdout.all_after_exit();
+    let stderr = hub.stderr.all_after_exit();
+    assert_eq!(
+        stdout.lines().filter(|l| l.contains("API key:")).count(),
+        1,
+        "printed once:\n{stdout}"
+    );
+    assert!(
+        !stderr.contains(&key),
+        "the key must not be logged:\n{stderr}"
+    );
+}
+
+/// In development mode a configured `HUB_API_KEY` is the key (no generated one replaces it), and
+/// being the operator's secret it is not printed.
+#[actix_rt::test]
+async fn dev_mode_uses_a_configured_api_key_without_printing_it() {
+    let mut hub = HubProcess::start(&[("HUB_API_KEY", API_KEY)]);
+    let (status, answer) = http_get(&hub.http("/api/info"), Some(API_KEY)).await;
+    assert_eq!(status, 200, "{answer}");
+    let (status, _) = http_post(&hub.http("/dev/token"), None, r#"{"user":"alice"}"#).await;
+    assert_eq!(status, 200, "still development mode");
+    hub.signal("TERM");
+    assert!(hub.wait_exit(EXIT_WITHIN).success());
+    let output = format!(
+        "{}\n{}",
+        hub.stdout.all_after_exit(),
+        hub.stderr.all_after_exit()
+    );
+    assert!(
+        !output.contains(API_KEY),
+        "the configured key is not shown:\n{output}"
+    );
+}
+
+/// In development mode `POST /dev/token` gives a token for the user that connects, may subscribe
+/// `chat:*`, `dashboard:*` and `user:<user>`, may publish `chat:*`, and nothing else.
+#[actix_rt::test]
+async fn dev_token_grants_the_development_rights() {
+    let hub = HubProcess::start(&[]);
+    let (status, answer) = http_post(&hub.http("/dev/token"), None, r#"{"user":"alice"}"#).await;
+    assert_eq!(status, 200, "{answer}");
+    let token = answer["token"].as_str().expect("a token").to_owned();
+
+    let mut c = Client::connect_url(&hub.ws_url(), &token).await;
+    assert_eq!(c.welcome["user"], "alice");
+    let expires_at = c.welcome["expires_at"].as_u64().expect("expires_at");
+    assert!(
+        (now() + 3600 - 10..=now() + 3600 + 10).contains(&expires_at),
+        "valid for an hour: {expires_at}"
+    );
+    for channel in ["chat:lobby", "dashboard:hub", "user:alice"] {
+        c.subscribe(channel).await;
+    }
+    for channel in ["other:x", "user:bob", "lobby"] {
+        let r = c
+            .request(json!({"type": "subscribe", "channel": channel}))
+            .await;
+        assert_eq!(r["code"], "forbidden", "subscribe {channel}: {r}");
+    }
+    c.publish("chat:lobby", json!({"text": "hello"})).await;
+    for channel in ["dashboard:hub", "other:x", "user:alice"] {
+        let r = c
+            .request(json!({"type": "publish", "channel": channel, "data": {}}))
+            .await;
+        assert_eq!(r["code"], "forbidden", "publish {channel}: {r}");
+    }
+}
+
+/// `POST /dev/token` with a bad body or an unusable user name is 400 `bad_request`.
+#[actix_rt::test]
+async fn dev_token_with_bad_body_is_bad_request() {
+    let hub = HubProcess::start(&[]);
+    for body in [
+        "{}",
+        r#"{"user":""}"#,
+        r#"{"user":5}"#,
+        r#"{"user":"a b"}"#,
+        "nope",
+    ] {
+        let (status, answer) = http_post(&hub.http("/dev/token"), None, body).await;
+        assert_eq!(
+            (status, &answer["error"]["code"]),
+            (400, &json!("bad_request")),
+            "{body}: {answer}"
+        );
+    }
+}
+
+/// Development mode listens on 127.0.0.1:8000 by default, not on every interface. (Whether the
+/// port is free does not matter: the address shows in the log line or in the bind error.)
+#[actix_rt::test]
+async fn dev_mode_binds_loopback_by_default() {
+    // `HUB_BIND` unset: `spawn` would add one, so build the command directly.
+    let mut child = hub_command(&[]).spawn().expect("start realtime-hub");
+    let stderr = Lines::read_from(child.stderr.take().expect("stderr pipe"));
+    let _stdout = Lines::read_from(child.stdout.take().expect("stdout pipe"));
+    let line = stderr.wait_for(WAIT, |l| {
+        l.contains("listening on") || l.contains("cannot listen")
+    });
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    let line = line.unwrap_or_else(|| panic!("no bind line; stderr:\n{}", stderr.text()));
+    assert!(line.contains("127.0.0.1:8000"), "{line}");
+}
+
+/// Outside development mode (with `HUB_JWT_SECRET`) `/dev/token` does not exist: JSON 404.
+#[actix_rt::test]
+async fn dev_token_is_404_with_jwt_secret() {
+    let mut hub = HubProcess::start(&[("HUB_JWT_SECRET", SECRET), ("HUB_API_KEY", API_KEY)]);
+    let (status, answer) = http_post(&hub.http("/dev/token"), None, r#"{"user":"alice"}"#).await;
+    assert_eq!(
+        (status, &answer["error"]["code"]),
+        (404, &json!("not_found")),
+        "{answer}"
+    );
+    hub.signal("TERM");
+    assert!(hub.wait_exit(EXIT_WITHIN).success());
+    let stdout = hub.stdout.all_after_exit();
+    assert!(
+        !stdout.contains("API key"),
+        "no generated key outside dev mode:\n{stdout}"
+    );
+}
+
+/// With only `HUB_JWT_PUBLIC_KEY` (no secret) development mode is off too: `/dev/token` is 404.
+#[actix_rt::test]
+async fn dev_token_is_404_with_only_public_key() {
+    let key = fixture("rsa_public.pem");
+    let hub = HubProcess::start(&[("HUB_JWT_PUBLIC_KEY", &key)]);
+    let (status, answer) = http_post(&hub.http("/dev/token"), None, r#"{"user":"alice"}"#).await;
+    assert_eq!(
+        (status, &answer["error"]["code"]),
+        (404, &json!("not_found")),
+        "{answer}"
+    );
+}
+
+/// Outside development mode without `HUB_API_KEY`, every /api/ route answers 401, whatever key
+/// is sent (none, empty, any).
+#[actix_rt::test]
+async fn api_without_configured_key_is_always_unauthorized() {
+    let hub = HubProcess::start(&[("HUB_JWT_SECRET", SECRET)]);
+    for key in [None, Some(""), Some("anything"), Some(API_KEY)] {
+        for path in [
+            "/api/history/chat:a",
+            "/api/presence/chat:a",
+            "/api/channels",
+            "/api/info",
+            "/api/deadletters",
+            "/api/unknown",
+        ] {
+            let (status, answer) = http_get(&hub.http(path), key).await;
+            assert_eq!(
+                (status, &answer["error"]["code"]),
+                (401, &json!("unauthorized")),
+                "GET {path} with {key:?}: {answer}"
+            );
+        }
+        for (path, body) in [
+            ("/api/publish", r#"{"channel":"chat:a","data":1}"#),
+            ("/api/broadcast", r#"{"channels":["chat:a"],"data":1}"#),
+            ("/api/disconnect", r#"{"user":"alice"}"#),
+        ] {
+            let (status, answer) = http_post(&hub.http(path), key, body).await;
+            assert_eq!(
+                (status, &answer["error"]["code"]),
+                (401, &json!("unauthorized")),
+                "POST {path} with {key:?}: {answer}"
+            );
+        }
+    }
+}
+
+// ---- The token subcommand ----
+
+#[derive(serde::Deserialize)]
+struct MintedClaims {
+    sub: String,
+    exp: u64,
+    channels: Vec<String>,
+    publish: Vec<String>,
+}
+
+/// Runs `realtime-hub token ...` to completion.
+fn run_token(args: &[&str], envs: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = hub_command(envs);
+    cmd.arg("token").args(args);
+    cmd.output().expect("run realtime-hub token")
+}
+
+/// Checks a minted token's signature with `secret` and returns its claims.
+fn verify_minted(token: &str, secret: &str) -> MintedClaims {
+    let mut validation = Validation::new(Algorithm::HS256);
+    validation.set_required_spec_claims(&["exp", "sub"]);
+    decode::<MintedClaims>(
+        token,
+        &DecodingKey::from_secret(secret.as_bytes()),
+        &validation,
+    )
+    .expect("a token signed with the secret")
+    .claims
+}
+
+/// `realtime-hub token --secret` prints one HS256 token with the given user, patterns and TTL,
+/// which a hub with that secret accepts.
+#[actix_rt::test]
+async fn token_subcommand_signs_with_secret_flag() {
+    let out = run_token(
+        &[
+            "--user",
+            "u1",
+            "--channels",
+            "a,b",
+            "--publish",
+            "c",
+            "--ttl",
+            "60",
+            "--secret",
+            SECRET,
+        ],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).expect("utf-8");
+    assert_eq!(stdout.lines().count(), 1, "one line: {stdout}");
+    let token = stdout.trim();
+    let claims = verify_minted(token, SECRET);
+    assert_eq!(claims.sub, "u1");
+    assert_eq!(claims.channels, ["a", "b"]);
+    assert_eq!(claims.publish, ["c"]);
+    assert!(
+        (now() + 55..=now() + 65).contains(&claims.exp),
+        "exp {} is about now + 60",
+        claims.exp
+    );
+
+    let app = spawn_app();
+    let c = Client::connect_token(&app, token).await;
+    assert_eq!(c.welcome["user"], "u1");
+    assert_eq!(c.welcome["expires_at"], claims.exp);
+}
+
+/// `realtime-hub token` takes the secret from `HUB_JWT_SECRET` when `--secret` is not given.
+#[actix_rt::test]
+async fn token_subcommand_signs_with_env_secret() {
+    let out = run_token(
+        &[
+            "--user",
+            "u2",
+            "--channels",
+            "chat:*",
+            "--publish",
+            "chat:*",
+        ],
+        &[("HUB_JWT_SECRET", "env-secret-xyz")],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).expect("utf-8");
+    let claims = verify_minted(stdout.trim(), "env-secret-xyz");
+    assert_eq!(claims.sub, "u2");
+    assert_eq!(claims.channels, ["chat:*"]);
+    assert_eq!(claims.publish, ["chat:*"]);
+}
+
+/// `realtime-hub token` without `--secret` or `HUB_JWT_SECRET` (or with an empty one) exits
+/// non-zero, prints no token, and says what is missing.
+#[actix_rt::test]
+async fn token_subcommand_without_secret_fails_with_message() {
+    for envs in [&[][..], &[("HUB_JWT_SECRET", "")][..]] {
+        let out = run_token(&["--user", "u3"], envs);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "exit status {}", out.status);
+        assert!(out.stdout.is_empty(), "no token on stdout");
+        assert!(
+            stderr.contains("--secret") && stderr.contains("HUB_JWT_SECRET"),
+            "the message names both ways to give a secret: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+// ---- Graceful shutdown ----
+
+/// Signals `name` to a hub with two open sockets: both get 1001 `going away`, `/ready` no
+/// longer answers 200, and the process exits 0 within the shutdown timeout.
+async fn graceful_stop_on(name: &str) {
+    let timeout = SHUTDOWN_TIMEOUT_S.to_string();
+    let mut hub = HubProcess::start(&[
+        ("HUB_JWT_SECRET", SECRET),
+        ("HUB_API_KEY", API_KEY),
+        ("HUB_SHUTDOWN_TIMEOUT_S", &timeout),
+    ]);
+    let mut alice = Client::connect_url(&hub.ws_url(), &token("alice")).await;
+    let mut bob = Client::connect_url(&hub.ws_url(), &token("bob")).await;
+    alice.subscribe("chat:lobby").await;
+    assert_eq!(http_get(&hub.http("/ready"), None).await.0, 200);
+
+    let signalled = Instant::now();
+    hub.signal(name);
+    assert_eq!(alice.expect_close().await, (1001, "going away".to_owned()));
+    assert_eq!(bob.expect_close().await, (1001, "going away".to_owned()));
+
+    // Draining began before the sockets were closed: /ready is 503 while the server still
+    // answers, or the server is already gone.
+    if let Ok(mut res) = http().get(hub.http("/ready")).send().await {
+        let status = res.status().as_u16();
+        let body: Value =
+            serde_json::from_slice(&res.body().await.unwrap_or_default()).unwrap_or(Value::Null);
+        assert_eq!(status, 503, "/ready while draining: {body}");
+        assert!(body["reason"].is_string(), "{body}");
+    }
+
+    let status = hub.wait_exit(EXIT_WITHIN);
+    let stderr = hub.stderr.all_after_exit();
+    assert!(status.success(), "exit status {status}; stderr:\n{stderr}");
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        signalled.elapsed() < EXIT_WITHIN,
+        "stopped in {:?}",
+        signalled.elapsed()
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// SIGTERM closes open sockets with 1001 `going away` and the process exits 0 in time.
+#[actix_rt::test]
+async fn sigterm_closes_sockets_with_going_away_and_exits_0() {
+    graceful_stop_on("TERM").await;
+}
+
+/// SIGINT (Ctrl-C) stops the hub the same way as SIGTERM.
+#[actix_rt::test]
+async fn sigint_closes_sockets_with_going_away_and_exits_0() {
+    graceful_stop_on("INT").await;
+}
+
+/// SIGTERM with no connection open stops the hub at once with exit status 0.
+#[actix_rt::test]
+async fn sigterm_without_connections_exits_0_quickly() {
+    let mut hub =
+        HubProcess::start(&[("HUB_JWT_SECRET", SECRET), ("HUB_SHUTDOWN_TIMEOUT_S", "30")]);
+    assert_eq!(http_get(&hub.http("/ready"), None).await.0, 200);
+    let signalled = Instant::now();
+    hub.signal("TERM");
+    let status = hub.wait_exit(Duration::from_secs(5));
+    assert_eq!(status.code(), Some(0), "exit status {status}");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(5),
+        "an idle node does not wait for the shutdown timeout: {:?}",
+        signalled.elapsed()
+    );
+}
+
+/// A SIGTERM that arrives as soon as the hub says it listens still stops it gracefully (exit
+/// status 0), rather than killing it by the signal's default action: the hub listens for
+/// signals before it announces that it serves.
+#[actix_rt::test]
+async fn sigterm_right_after_start_exits_0() {
+    // Many workers (as on a many-core host) make the server's start take long enough for the
+    // signal to land between the "listening on" line and the first poll of a late handler.
+    let mut hub = HubProcess::start(&[("HUB_JWT_SECRET", SECRET), ("HUB_WORKERS", "32")]);
+    hub.signal("TERM");
+    let status = hub.wait_exit(EXIT_WITHIN);
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status {status}; stderr:\n{}",
+        hub.stderr.all_after_exit()
+    );
+}
+
+// ---- Bad configuration ----
+
+/// `HUB_HISTORY_SIZE=0` is refused at start with a message naming the variable.
+#[actix_rt::test]
+async fn zero_history_size_fails_with_message() {
+    let stderr = fails_to_start(&[("HUB_JWT_SECRET", SECRET), ("HUB_HISTORY_SIZE", "0")]);
+    assert!(stderr.contains("HUB_HISTORY_SIZE"), "{stderr}");
+}
+
+/// A `HUB_JWT_PUBLIC_KEY` that cannot be read (missing file, a directory) is refused at start
+/// with a message naming the variable and the path.
+#[actix_rt::test]
+async fn unreadable_public_key_fails_with_message() {
+    let dir = fixture("");
+    for path in ["/nonexistent/realtime-hub/key.pem", dir.as_str()] {
+        let stderr = fails_to_start(&[("HUB_JWT_PUBLIC_KEY", path)]);
+        assert!(stderr.contains("HUB_JWT_PUBLIC_KEY"), "{stderr}");
+        assert!(
+            stderr.contains(path.trim_end_matches('/')),
+            "names {path}: {stderr}"
+        );
+    }
+}
+
+/// A `HUB_JWT_PUBLIC_KEY` file that is not an RSA or EC public key is refused with a message.
+#[actix_rt::test]
+async fn public_key_that_is_not_a_key_fails_with_message() {
+    let stderr = fails_to_start(&[("HUB_JWT_PUBLIC_KEY", &fixture("not_a_key.pem"))]);
+    assert!(stderr.contains("HUB_JWT_PUBLIC_KEY"), "{stderr}");
+}
+
+/// A setting that does not parse (a number that is not one) is refused with a message naming
+/// the setting and the value.
+#[actix_rt::test]
+async fn unparsable_setting_fails_with_message() {
+    let stderr = fails_to_start(&[("HUB_JWT_SECRET", SECRET), ("HUB_PING_INTERVAL_S", "soon")]);
+    assert!(stderr.contains("soon"), "{stderr}");
+    assert!(
+        stderr.contains("ping-interval-s") || stderr.contains("HUB_PING_INTERVAL_S"),
+        "{stderr}"
+    );
+}
+
+/// `HUB_PING_INTERVAL_S=0` is refused with a message naming the variable.
+#[actix_rt::test]
+async fn zero_ping_interval_fails_with_message() {
+    let stderr = fails_to_start(&[("HUB_JWT_SECRET", SECRET), ("HUB_PING_INTERVAL_S", "0")]);
+    assert!(stderr.contains("HUB_PING_INTERVAL_S"), "{stderr}");
+}

@@ -1,0 +1,813 @@
+//! Failures of a Redis-backed cluster (ARCHITECTURE "Guarantees to keep", PROTOCOL §2, §3):
+//! a node killed without warning is forgotten by the others within four heartbeats, a Redis
+//! outage keeps connections up and answers `unavailable` until Redis is back, after which the
+//! nodes resubscribe and re-assert their state by themselves; a cut pub/sub link comes back
+//! with its gap filled from history; recovery, gapless subscribing and `event_id` dedup hold
+//! across nodes.
+//!
+//! Every test runs its own `redis-server`. Nodes that must die abruptly or be watched for
+//! panics run as subprocesses of the real binary, configured through `HUB_*` variables only;
+//! the others run in process (`spawn_node`, once ready). Heartbeats are 1 s everywhere.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures_util::future::join_all;
+use serde_json::{json, Value};
+
+/// `HUB_NODE_HEARTBEAT_S` of every node here.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// Slack for a loaded two-core machine on top of a contractual bound.
+const MARGIN: Duration = Duration::from_secs(2);
+
+/// How long an answer may take while Redis is down: the engine deadline (2 s) plus slack.
+const UNAVAILABLE_WITHIN: Duration = Duration::from_secs(3);
+
+/// A hub node the test can reach over HTTP and WebSocket, wherever it runs.
+trait Node {
+    /// `http://host:port` of the node.
+    fn base(&self) -> String;
+
+    fn ws(&self) -> String {
+        format!("{}/ws", self.base().replacen("http://", "ws://", 1))
+    }
+}
+
+impl Node for TestApp {
+    fn base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+/// The real binary as a subprocess; dropping it SIGKILLs it if it still runs.
+struct HubProcess {
+    child: Child,
+    addr: String,
+    /// Every line the process wrote to stderr, appended by a reader thread.
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Node for HubProcess {
+    fn base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl HubProcess {
+    /// Starts node `node` on `redis` (1 s heartbeat, the test secret and API key, plus
+    /// `extra` variables) and waits until it reports ready.
+    async fn start(redis: &RedisServer, node: &str, extra: &[(&str, &str)]) -> HubProcess {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let heartbeat = HEARTBEAT.as_secs().to_string();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_realtime-hub"));
+        // Only the variables given here configure the node, whatever the test's environment.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("HUB_") {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("RUST_LOG", "info")
+            .env("HUB_BIND", &addr)
+            .env("HUB_REDIS_URL", redis.url())
+            .env("HUB_NODE_ID", node)
+            .env("HUB_NODE_HEARTBEAT_S", &heartbeat)
+            .env("HUB_JWT_SECRET", SECRET)
+            .env("HUB_API_KEY", API_KEY)
+            .env("HUB_WORKERS", "1")
+            .env("HUB_SHUTDOWN_TIMEOUT_S", "2")
+            .envs(extra.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("start realtime-hub");
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let pipe = child.stderr.take().expect("stderr pipe");
+        let sink = Arc::clone(&stderr);
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                sink.lock().expect("stderr lock").push(line);
+            }
+        });
+        let hub = HubProcess {
+            child,
+            addr,
+            stderr,
+        };
+        // Until the process listens, the connection is refused.
+        let ready = poll_until(WAIT, || async {
+            let answer = http().get(format!("{}/ready", hub.base())).send().await;
+            answer.is_ok_and(|res| res.status() == 200)
+        })
+        .await;
+        assert!(
+            ready,
+            "node {node} never became ready; stderr:\n{}",
+            hub.stderr_text()
+        );
+        hub
+    }
+
+    /// SIGKILL: no shutdown sequence, no goodbye to Redis.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn stderr_text(&self) -> String {
+        self.stderr.lock().expect("stderr lock").join("\n")
+    }
+
+    /// Asserts that the process is still running and never panicked.
+    fn assert_healthy(&mut self) {
+        assert!(
+            matches!(self.child.try_wait(), Ok(None)),
+            "the node exited; stderr:\n{}",
+            self.stderr_text()
+        );
+        let stderr = self.stderr_text();
+        assert!(!stderr.contains("panicked"), "a panic:\n{stderr}");
+    }
+}
+
+impl Drop for HubProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `check` every 50 ms until it holds (`true`) or `within` has passed (`false`).
+async fn poll_until<F, Fut>(within: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// An in-process node on `redis` (see `spawn_node`), once it reports ready: a node accepts
+/// connections before its Redis link is up, and answers `unavailable` until then, as its
+/// `/ready` says.
+async fn ready_node(redis: &RedisServer, node: &str, extra: &[&str]) -> TestApp {
+    let app = spawn_node(redis, node, extra);
+    let ready = poll_until(WAIT, || async { get(&app, "/ready").await.0 == 200 }).await;
+    assert!(ready, "node {node} never became ready");
+    app
+}
+
+/// A GET on `node`, with the API key; status and parsed body (`Null` if not JSON).
+async fn get(node: &impl Node, path: &str) -> (u16, Value) {
+    let mut res = http()
+        .get(format!("{}{path}", node.base()))
+        .insert_header(("X-API-Key", API_KEY))
+        .send()
+        .await
+        .expect("http request");
+    let status = res.status().as_u16();
+    let body = res.body().limit(16 << 20).await.expect("body");
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+/// A JSON POST on `node`, with the API key.
+async fn post(node: &impl Node, path: &str, body: Value) -> (u16, Value) {
+    let mut res = http()
+        .post(format!("{}{path}", node.base()))
+        .insert_header(("X-API-Key", API_KEY))
+        .insert_header(("Content-Type", "application/json"))
+        .send_body(body.to_string())
+        .await
+        .expect("http request");
+    let status = res.status().as_u16();
+    let body = res.body().limit(16 << 20).await.expect("body");
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+/// Publishes through `node`'s server API and returns the answer, asserting it succeeded.
+async fn api_publish(node: &impl Node, channel: &str, data: Value) -> Value {
+    let (status, body) = post(
+        node,
+        "/api/publish",
+        json!({"channel": channel, "data": data}),
+    )
+    .await;
+    assert_eq!(status, 200, "publish through the API: {body}");
+    body
+}
+
+async fn connect(node: &impl Node, user: &str) -> Client {
+    Client::connect_url(&node.ws(), &token(user)).await
+}
+
+/// The `node` names `/api/info` on `node` lists.
+async fn listed_nodes(node: &impl Node) -> Vec<String> {
+    let (_, info) = get(node, "/api/info").await;
+    let mut names: Vec<String> = info["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|n| n["node"].as_str().map(str::to_owned))
+        .collect();
+    names.sort();
+    names
+}
+
+/// The client ids `/api/presence/{channel}` on `node` lists.
+async fn present_clients(node: &impl Node, channel: &str) -> Vec<String> {
+    let (_, body) = get(node, &format!("/api/presence/{channel}")).await;
+    let mut clients: Vec<String> = body["clients"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["client"].as_str().map(str::to_owned))
+        .collect();
+    clients.sort();
+    clients
+}
+
+/// The cluster-wide subscriber count of `channel` in `/api/channels` on `node` (0 if absent).
+async fn subscriber_count(node: &impl Node, channel: &str) -> u64 {
+    let (_, body) = get(node, "/api/channels").await;
+    body["channels"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["channel"] == channel)
+        .and_then(|c| c["subscribers"].as_u64())
+        .unwrap_or(0)
+}
+
+/// Connects `user` to `node` and hangs up: `Ok` when it was welcomed, `Err` with the close code
+/// and reason when it was refused.
+async fn try_connect(node: &impl Node, user: &str) -> Result<(), (u16, String)> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let url = format!("{}?token={}", node.ws(), token(user));
+    let mut ws = open(&url).await;
+    let first = tokio::time::timeout(WAIT, ws.next())
+        .await
+        .expect("a first frame within the wait");
+    match first {
+        Some(Ok(Message::Text(t))) => {
+            let welcome: Value = serde_json::from_str(t.as_str()).expect("JSON");
+            assert_eq!(welcome["type"], "welcome", "first frame: {welcome}");
+            Ok(())
+        }
+        Some(Ok(Message::Close(Some(frame)))) => {
+            Err((u16::from(frame.code), frame.reason.to_string()))
+        }
+        other => panic!("expected welcome or a close frame, got {other:?}"),
+    }
+}
+
+/// The offsets of a list of `message` frames.
+fn offsets(publications: &Value) -> Vec<u64> {
+    publications
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["offset"].as_u64())
+        .collect()
+}
+
+// ---- A node killed without warning ----
+
+/// A node killed with SIGKILL is forgotten by the cluster within four heartbeats: its
+/// subscribers' `leave` reaches the others, and `/api/info`, presence, `/api/channels` and the
+/// per-user connection slots no longer count it or its clients.
+#[actix_rt::test]
+async fn a_node_killed_with_sigkill_is_forgotten_within_four_heartbeats() {
+    let redis = RedisServer::start();
+    let survivor = ready_node(&redis, "survivor", &["--max-connections-per-user", "1"]).await;
+    let mut doomed =
+        HubProcess::start(&redis, "doomed", &[("HUB_MAX_CONNECTIONS_PER_USER", "1")]).await;
+
+    let mut watcher = connect(&survivor, "sam").await;
+    watcher.subscribe("chat:room").await;
+    let mut victim = connect(&doomed, "mallory").await;
+    victim.subscribe("chat:room").await;
+    let victim_id = victim.client_id();
+    let join = watcher.next_of("join").await;
+    assert_eq!(join["client"], victim_id.as_str(), "join: {join}");
+
+    // The cluster knows the doomed node and its client before the kill.
+    let known = poll_until(WAIT, || async {
+        listed_nodes(&survivor).await == ["doomed", "survivor"]
+            && present_clients(&survivor, "chat:room").await.len() == 2
+            && subscriber_count(&survivor, "chat:room").await == 2
+    })
+    .await;
+    assert!(known, "the survivor never saw the doomed node's figures");
+    assert_eq!(
+        try_connect(&survivor, "mallory").await.err(),
+        Some((1008, "connection limit".to_owned())),
+        "mallory's one slot is held on the doomed node"
+    );
+
+    doomed.assert_healthy();
+    doomed.kill();
+    let killed = Instant::now();
+    let bound = HEARTBEAT * 4 + MARGIN;
+
+    let leave = watcher
+        .next_of_within("leave", bound)
+        .await
+        .unwrap_or_else(|| panic!("no leave within {bound:?} of the kill"));
+    assert_eq!(
+        (leave["channel"].as_str(), leave["user"].as_str()),
+        (Some("chat:room"), Some("mallory"))
+    );
+    assert_eq!(leave["client"], victim_id.as_str());
+
+    let left = bound.saturating_sub(killed.elapsed());
+    assert!(
+        poll_until(left, || async {
+            listed_nodes(&survivor).await == ["survivor"]
+        })
+        .await,
+        "/api/info still lists the dead node: {:?}",
+        listed_nodes(&survivor).await
+    );
+    let left = bound.saturating_sub(killed.elapsed());
+    assert!(
+        poll_until(left, || async {
+            !present_clients(&survivor, "chat:room")
+                .await
+                .contains(&victim_id)
+        })
+        .await,
+        "presence still lists the dead node's client"
+    );
+    let left = bound.saturating_sub(killed.elapsed());
+    assert!(
+        poll_until(left, || async {
+            subscriber_count(&survivor, "chat:room").await == 1
+        })
+        .await,
+        "/api/channels still counts the dead node's subscriber: {}",
+        get(&survivor, "/api/channels").await.1
+    );
+    let left = bound.saturating_sub(killed.elapsed());
+    let freed = poll_until(left, || async {
+        try_connect(&survivor, "mallory").await.is_ok()
+    })
+    .await;
+    assert!(freed, "mallory's connection slot was never freed");
+    assert_eq!(
+        watcher.request(json!({"type": "ping"})).await["type"],
+        "pong"
+    );
+}
+
+// ---- Redis down, and back ----
+
+/// While Redis is down, connections stay open and answer pings, `/ready` is 503 with a reason
+/// naming redis, `/health` stays 200, and publishing (WebSocket and API) and subscribing to a
+/// new channel answer `unavailable` within the engine deadline instead of hanging.
+#[actix_rt::test]
+async fn a_redis_outage_keeps_connections_and_answers_unavailable() {
+    let mut redis = RedisServer::start();
+    let mut a = HubProcess::start(&redis, "a", &[]).await;
+    let mut b = HubProcess::start(&redis, "b", &[]).await;
+    let mut on_a = connect(&a, "alice").await;
+    let mut on_b = connect(&b, "bob").await;
+    on_a.subscribe("feed").await;
+    on_b.subscribe("feed").await;
+    for i in 1..=3u64 {
+        api_publish(&a, "feed", json!(i)).await;
+    }
+    for c in [&mut on_a, &mut on_b] {
+        for i in 1..=3u64 {
+            assert_eq!(c.next_of("message").await["offset"], i);
+        }
+    }
+
+    redis.kill();
+
+    for node in [&a, &b] {
+        let not_ready = poll_until(WAIT, || async { get(node, "/ready").await.0 == 503 }).await;
+        assert!(not_ready, "/ready stayed 200 with Redis down");
+        let (_, body) = get(node, "/ready").await;
+        let reason = body["reason"].as_str().unwrap_or_default();
+        assert!(reason.contains("redis"), "reason: {body}");
+        assert_eq!(get(node, "/health").await.0, 200);
+    }
+    for c in [&mut on_a, &mut on_b] {
+        assert_eq!(c.request(json!({"type": "ping"})).await["type"], "pong");
+    }
+
+    let started = Instant::now();
+    let reply = on_a
+        .request(json!({"type": "publish", "channel": "feed", "data": "lost"}))
+        .await;
+    assert_eq!(
+        (reply["type"].as_str(), reply["code"].as_str()),
+        (Some("error"), Some("unavailable")),
+        "publish over WebSocket: {reply}"
+    );
+    assert!(
+        started.elapsed() < UNAVAILABLE_WITHIN,
+        "took {:?}",
+        started.elapsed()
+    );
+
+    let started = Instant::now();
+    let (status, body) = post(&b, "/api/publish", json!({"channel": "feed", "data": 1})).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (503, Some("unavailable")),
+        "publish through the API: {body}"
+    );
+    assert!(
+        started.elapsed() < UNAVAILABLE_WITHIN,
+        "took {:?}",
+        started.elapsed()
+    );
+
+    let started = Instant::now();
+    let reply = on_b
+        .request(json!({"type": "subscribe", "channel": "fresh"}))
+        .await;
+    assert_eq!(
+        (reply["type"].as_str(), reply["code"].as_str()),
+        (Some("error"), Some("unavailable")),
+        "subscribe to a new channel: {reply}"
+    );
+    assert!(
+        started.elapsed() < UNAVAILABLE_WITHIN,
+        "took {:?}",
+        started.elapsed()
+    );
+
+    // The failures left the connections open.
+    for c in [&mut on_a, &mut on_b] {
+        assert_eq!(c.request(json!({"type": "ping"})).await["type"], "pong");
+    }
+    a.assert_healthy();
+    b.assert_healthy();
+}
+
+/// After Redis comes back empty, nodes turn ready again and resubscribe by themselves: the
+/// same connections, which did nothing, get the new publications on every node, in a new
+/// epoch starting at offset 1.
+#[actix_rt::test]
+async fn after_redis_restarts_the_same_subscribers_get_new_publications_on_every_node() {
+    let mut redis = RedisServer::start();
+    let mut a = HubProcess::start(&redis, "a", &[]).await;
+    let mut b = HubProcess::start(&redis, "b", &[]).await;
+    let mut on_a = connect(&a, "alice").await;
+    let mut on_b = connect(&b, "bob").await;
+    let old_epoch = on_a.subscribe("feed").await["epoch"].clone();
+    on_b.subscribe("feed").await;
+    for i in 1..=3u64 {
+        api_publish(&b, "feed", json!(i)).await;
+    }
+    for c in [&mut on_a, &mut on_b] {
+        for i in 1..=3u64 {
+            assert_eq!(c.next_of("message").await["offset"], i);
+        }
+    }
+
+    redis.kill();
+    for node in [&a, &b] {
+        assert!(
+            poll_until(WAIT, || async { get(node, "/ready").await.0 == 503 }).await,
+            "/ready stayed 200 with Redis down"
+        );
+        // Traffic goes on during the outage, and fails.
+        let (status, _) = post(node, "/api/publish", json!({"channel": "feed", "data": 0})).await;
+        assert_eq!(status, 503);
+    }
+    redis.restart();
+    for node in [&a, &b] {
+        assert!(
+            poll_until(WAIT, || async { get(node, "/ready").await.0 == 200 }).await,
+            "/ready did not return to 200 after Redis came back: {}",
+            get(node, "/ready").await.1
+        );
+    }
+
+    let first = api_publish(&a, "feed", json!("after")).await;
+    assert_eq!(
+        first["offset"], 1,
+        "a new epoch starts at offset 1: {first}"
+    );
+    assert_ne!(
+        first["epoch"], old_epoch,
+        "Redis came back empty: a new epoch"
+    );
+    api_publish(&b, "feed", json!("after-2")).await;
+    for (name, c) in [("a", &mut on_a), ("b", &mut on_b)] {
+        for (offset, data) in [(1, "after"), (2, "after-2")] {
+            let m = c.next_of_within("message", WAIT).await.unwrap_or_else(|| {
+                panic!("the subscriber on node {name} never got offset {offset} of the new epoch")
+            });
+            assert_eq!(
+                (&m["offset"], &m["epoch"], m["data"].as_str()),
+                (&json!(offset), &first["epoch"], Some(data)),
+                "subscriber on node {name}: {m}"
+            );
+        }
+    }
+    a.assert_healthy();
+    b.assert_healthy();
+}
+
+/// After Redis comes back empty, each node's heartbeat writes its presence entries again:
+/// `/api/presence` lists every subscriber within a few heartbeats, though no client did a thing.
+#[actix_rt::test]
+async fn after_redis_restarts_presence_is_reasserted_by_the_heartbeat() {
+    let mut redis = RedisServer::start();
+    let mut a = HubProcess::start(&redis, "a", &[]).await;
+    let mut b = HubProcess::start(&redis, "b", &[]).await;
+    let mut on_a = connect(&a, "alice").await;
+    let mut on_b = connect(&b, "bob").await;
+    on_a.subscribe("chat:room").await;
+    on_b.subscribe("chat:room").await;
+    let mut everyone = vec![on_a.client_id(), on_b.client_id()];
+    everyone.sort();
+    assert!(
+        poll_until(WAIT, || async {
+            present_clients(&a, "chat:room").await == everyone
+        })
+        .await,
+        "presence before the outage"
+    );
+
+    redis.restart();
+    assert!(
+        poll_until(WAIT, || async { get(&a, "/ready").await.0 == 200 }).await,
+        "/ready after Redis came back"
+    );
+    let reasserted = poll_until(HEARTBEAT * 4 + MARGIN, || async {
+        present_clients(&a, "chat:room").await == everyone
+            && present_clients(&b, "chat:room").await == everyone
+    })
+    .await;
+    assert!(
+        reasserted,
+        "presence after the restart: {:?}",
+        present_clients(&a, "chat:room").await
+    );
+    for c in [&mut on_a, &mut on_b] {
+        assert_eq!(c.request(json!({"type": "ping"})).await["type"], "pong");
+    }
+    a.assert_healthy();
+    b.assert_healthy();
+}
+
+// ---- Across nodes ----
+
+/// A client whose node stopped reconnects to the restarted node with `recover` and gets
+/// exactly what was published meanwhile through another node, then live publications.
+#[actix_rt::test]
+async fn a_client_recovers_on_a_restarted_node_what_another_node_published_meanwhile() {
+    let redis = RedisServer::start();
+    let mut a = ready_node(&redis, "a", &[]).await;
+    let b = ready_node(&redis, "b", &[]).await;
+    let mut x = connect(&a, "xavier").await;
+    let epoch = x.subscribe("r").await["epoch"].clone();
+    api_publish(&b, "r", json!(1)).await;
+    assert_eq!(x.next_of("message").await["offset"], 1);
+
+    a.begin_stop();
+    assert_eq!(x.expect_close().await, (1001, "going away".to_owned()));
+    a.stop();
+    for i in 2..=4 {
+        api_publish(&b, "r", json!(i)).await;
+    }
+    let a2 = ready_node(&redis, "a", &[]).await;
+
+    let mut x = connect(&a2, "xavier").await;
+    let s = x
+        .request(
+            json!({"type": "subscribe", "channel": "r", "recover": {"offset": 1, "epoch": epoch}}),
+        )
+        .await;
+    assert_eq!(
+        (s["type"].as_str(), s["recovered"].as_bool(), &s["offset"]),
+        (Some("subscribed"), Some(true), &json!(4)),
+        "{s}"
+    );
+    assert_eq!(offsets(&s["publications"]), vec![2, 3, 4]);
+    let data: Vec<&Value> = s["publications"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| &p["data"])
+        .collect();
+    assert_eq!(data, [&json!(2), &json!(3), &json!(4)]);
+    api_publish(&b, "r", json!(5)).await;
+    assert_eq!(x.next_of("message").await["offset"], 5);
+}
+
+/// When a node's pub/sub link is cut while Redis stays up, its subscribers still get what
+/// another node published meanwhile, from history, once the link is back by itself: every
+/// offset once, in order, and live publications after.
+#[actix_rt::test]
+async fn a_cut_pubsub_link_comes_back_and_fills_the_gap_from_history() {
+    let redis = RedisServer::start();
+    let a = ready_node(&redis, "a", &[]).await;
+    let b = ready_node(&redis, "b", &[]).await;
+    let mut reader = connect(&a, "reader").await;
+    reader.subscribe("news").await;
+    let mut last = api_publish(&b, "news", json!(1)).await["offset"]
+        .as_u64()
+        .expect("offset");
+    assert_eq!(reader.next_of("message").await["offset"], last);
+
+    let mut conn = redis::Client::open(redis.url())
+        .and_then(|c| c.get_connection())
+        .expect("a Redis connection");
+    // The node reconnects after at least 100 ms: publications made right after it noticed the
+    // cut can only reach its subscriber through history. `/ready` still 503 after them shows
+    // they were; a slow machine may need another try.
+    let mut published_while_cut = false;
+    for _ in 0..5 {
+        let killed: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("pubsub")
+            .query(&mut conn)
+            .expect("CLIENT KILL");
+        assert!(killed >= 1, "no pub/sub link to cut");
+        assert!(
+            poll_until(WAIT, || async { get(&a, "/ready").await.0 == 503 }).await,
+            "node a never noticed its link was cut"
+        );
+        for _ in 0..3 {
+            last = api_publish(&b, "news", json!(last + 1)).await["offset"]
+                .as_u64()
+                .expect("offset");
+        }
+        published_while_cut = get(&a, "/ready").await.0 == 503;
+        assert!(
+            poll_until(WAIT, || async { get(&a, "/ready").await.0 == 200 }).await,
+            "node a's link never came back"
+        );
+        if published_while_cut {
+            break;
+        }
+    }
+    assert!(
+        published_while_cut,
+        "nothing was published while the link was down: the test proved little"
+    );
+
+    // Nothing else is published until the gap has arrived: the node fills it by itself.
+    for expected in 2..=last {
+        let m = reader
+            .next_of_within("message", WAIT)
+            .await
+            .unwrap_or_else(|| {
+                panic!("offset {expected}, published while the link was cut, never arrived")
+            });
+        assert_eq!(m["offset"], expected, "{m}");
+    }
+    let end = api_publish(&b, "news", json!("end")).await;
+    assert_eq!(end["offset"], last + 1);
+    assert_eq!(reader.next_of("message").await["offset"], last + 1);
+}
+
+/// Subscribers joining on any of three nodes while publishers on all three publish flat out
+/// to one channel see every offset after their `subscribed` exactly once, in order.
+#[actix_rt::test]
+async fn subscribing_on_any_node_under_concurrent_publishers_is_gapless() {
+    const PER_NODE: u64 = 1000;
+    const TOTAL: u64 = PER_NODE * 3;
+    const IN_FLIGHT: u64 = 32;
+    let redis = RedisServer::start();
+    let fast = ["--client-rate", "100000"];
+    let nodes = [
+        ready_node(&redis, "a", &fast).await,
+        ready_node(&redis, "b", &fast).await,
+        ready_node(&redis, "c", &fast).await,
+    ];
+    let mut publishers = Vec::new();
+    for (n, node) in nodes.iter().enumerate() {
+        publishers.push(connect(node, &format!("pub{n}")).await);
+    }
+    let publishing = join_all(publishers.into_iter().map(|mut publisher| async move {
+        // Pipelined: up to IN_FLIGHT publications at once from each of the three nodes.
+        for i in 0..PER_NODE + IN_FLIGHT {
+            if i < PER_NODE {
+                publisher
+                    .send(json!({"type": "publish", "id": i, "channel": "g", "data": i}))
+                    .await;
+            }
+            if let Some(done) = i.checked_sub(IN_FLIGHT) {
+                let reply = publisher.reply_to(done).await;
+                assert_eq!(reply["type"], "published", "{reply}");
+            }
+        }
+    }));
+    let subscribing = async {
+        let mut joined = Vec::new();
+        for n in 0..9 {
+            tokio::time::sleep(Duration::from_millis(15)).await;
+            let on = n % nodes.len();
+            let mut c = connect(&nodes[on], &format!("sub{n}")).await;
+            let start = c.subscribe("g").await["offset"].as_u64().expect("offset");
+            joined.push((c, start, on));
+        }
+        joined
+    };
+    let (_, subscribers) = tokio::join!(publishing, subscribing);
+
+    let mid_stream: Vec<usize> = subscribers
+        .iter()
+        .filter(|(_, start, _)| (1..TOTAL).contains(start))
+        .map(|(_, _, on)| *on)
+        .collect();
+    assert!(
+        mid_stream.len() >= 3,
+        "only {} subscribers joined mid-stream: the test proved little",
+        mid_stream.len()
+    );
+    let mut mid_nodes = mid_stream.clone();
+    mid_nodes.sort_unstable();
+    mid_nodes.dedup();
+    assert!(
+        mid_nodes.len() >= 2,
+        "mid-stream joins on nodes {mid_stream:?} only"
+    );
+
+    // A last publication marks the end: whatever came before it was a gap or a repeat.
+    let end = api_publish(&nodes[0], "g", json!("end")).await;
+    assert_eq!(end["offset"], TOTAL + 1);
+    for (mut c, start, on) in subscribers {
+        for expected in start + 1..=TOTAL + 1 {
+            let m = c.next_of("message").await;
+            assert_eq!(
+                m["offset"], expected,
+                "subscriber on node {on} starting at {start}"
+            );
+        }
+    }
+}
+
+/// The same `event_id` published through two nodes at once is one publication: both answers
+/// carry the same offset and epoch, and subscribers on both nodes receive it once.
+#[actix_rt::test]
+async fn the_same_event_id_through_two_nodes_is_published_once() {
+    let redis = RedisServer::start();
+    let a = ready_node(&redis, "a", &[]).await;
+    let b = ready_node(&redis, "b", &[]).await;
+    let mut on_a = connect(&a, "ann").await;
+    let mut on_b = connect(&b, "ben").await;
+    on_a.subscribe("orders").await;
+    on_b.subscribe("orders").await;
+    let mut publisher = connect(&b, "shop").await;
+
+    let via_api = post(
+        &a,
+        "/api/publish",
+        json!({"channel": "orders", "data": "via-a", "event_id": "order-42"}),
+    );
+    let via_ws = publisher.request(json!({
+        "type": "publish", "channel": "orders", "data": "via-b", "event_id": "order-42"
+    }));
+    let ((status, from_a), from_b) = tokio::join!(via_api, via_ws);
+    assert_eq!(status, 200, "{from_a}");
+    assert_eq!(from_b["type"], "published", "{from_b}");
+    assert_eq!(
+        (&from_a["offset"], &from_a["epoch"], &from_a["event_id"]),
+        (&from_b["offset"], &from_b["epoch"], &from_b["event_id"]),
+        "answers through a and b"
+    );
+    assert_eq!(from_a["offset"], 1);
+
+    // The next publication must be the next thing each subscriber sees.
+    api_publish(&b, "orders", json!("next")).await;
+    let mut delivered = Vec::new();
+    for c in [&mut on_a, &mut on_b] {
+        let once = c.next_of("message").await;
+        assert_eq!(
+            (&once["offset"], once["event_id"].as_str()),
+            (&json!(1), Some("order-42"))
+        );
+        let next = c.next_of("message").await;
+        assert_eq!(
+            (&next["offset"], &next["data"]),
+            (&json!(2), &json!("next"))
+        );
+        delivered.push(once["data"].clone());
+    }
+    assert_eq!(delivered[0], delivered[1], "one publication, one content");
+    let (_, history) = get(&a, "/api/history/orders").await;
+    assert_eq!(offsets(&history["publications"]), vec![1, 2]);
+}

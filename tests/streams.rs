@@ -1,0 +1,1044 @@
+//! Service events through Redis Streams (PROTOCOL §4) and the dead-letter API (§3): entries are
+//! published through the engine and acknowledged after; poison goes to `<stream>:dlq` without
+//! blocking what follows; passing failures are retried, then dead-lettered; a restarted node
+//! re-reads its own pending entries; a killed node's entries are claimed by another; every
+//! redelivery is harmless thanks to `event_id` dedup; dead letters are listed, replayed and
+//! deleted through the API; `demo-events` produces domain events that reach the dashboard.
+//!
+//! Every test runs its own `redis-server` and names its own stream. Redis is driven directly
+//! with the `redis` crate (as a service would), and passing publish failures are made real by
+//! putting a key of the wrong type where the engine keeps an event's dedup entry: the
+//! engine's publish of that event then fails with a Redis error until the key is removed.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures_util::StreamExt;
+use realtime_hub::engine::redis::Keys;
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+// ---- Redis, as a service sees it ----
+
+fn redis_conn(redis: &RedisServer) -> redis::Connection {
+    redis::Client::open(redis.url())
+        .and_then(|c| c.get_connection())
+        .expect("a connection to the test redis")
+}
+
+/// Appends an entry and returns its id.
+fn xadd(conn: &mut redis::Connection, stream: &str, fields: &[(&str, &str)]) -> String {
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(stream).arg("*");
+    for (k, v) in fields {
+        cmd.arg(*k).arg(*v);
+    }
+    cmd.query(conn).expect("XADD")
+}
+
+/// Entries pending in the `hub` group of `stream`, per consumer.
+fn pending_by_consumer(conn: &mut redis::Connection, stream: &str) -> Vec<(String, u64)> {
+    let reply: redis::Value = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg("hub")
+        .query(conn)
+        .expect("XPENDING");
+    let redis::Value::Array(parts) = reply else {
+        return Vec::new();
+    };
+    let Some(redis::Value::Array(consumers)) = parts.get(3) else {
+        return Vec::new();
+    };
+    consumers
+        .iter()
+        .filter_map(|c| {
+            let (name, count): (String, String) = redis::from_redis_value_ref(c).ok()?;
+            Some((name, count.parse().ok()?))
+        })
+        .collect()
+}
+
+fn pending(conn: &mut redis::Connection, stream: &str) -> u64 {
+    pending_by_consumer(conn, stream).iter().map(|c| c.1).sum()
+}
+
+/// How often the pending entry `id` has been delivered (0 when it is not pending).
+fn deliveries(conn: &mut redis::Connection, stream: &str, id: &str) -> u64 {
+    let rows: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg("hub")
+        .arg(id)
+        .arg(id)
+        .arg(1)
+        .query(conn)
+        .expect("XPENDING range");
+    rows.first().map_or(0, |r| r.3)
+}
+
+/// The id of the first entry of `stream`.
+fn first_id(conn: &mut redis::Connection, stream: &str) -> String {
+    let first: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(stream)
+        .arg("-")
+        .arg("+")
+        .arg("COUNT")
+        .arg(1)
+        .query(conn)
+        .expect("XRANGE");
+    first.into_iter().next().map(|e| e.0).unwrap_or_default()
+}
+
+/// The consumers of the `hub` group of `stream`.
+fn consumers(conn: &mut redis::Connection, stream: &str) -> Vec<String> {
+    let reply: Vec<redis::Value> = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg(stream)
+        .arg("hub")
+        .query(conn)
+        .expect("XINFO CONSUMERS");
+    reply
+        .iter()
+        .filter_map(|c| {
+            let fields: std::collections::HashMap<String, redis::Value> =
+                redis::from_redis_value_ref(c).ok()?;
+            redis::from_redis_value_ref(fields.get("name")?).ok()
+        })
+        .collect()
+}
+
+/// Makes the engine's publish of `event_id` in `channel` fail until [`repair`]: its dedup key
+/// becomes a list, so the publish script's `GET` fails with WRONGTYPE.
+fn break_publish(conn: &mut redis::Connection, channel: &str, event_id: &str) {
+    let _: i64 = redis::cmd("RPUSH")
+        .arg(Keys::new("hub").dedup(channel, event_id))
+        .arg("not a dedup entry")
+        .query(conn)
+        .expect("RPUSH");
+}
+
+fn repair(conn: &mut redis::Connection, channel: &str, event_id: &str) {
+    let _: i64 = redis::cmd("DEL")
+        .arg(Keys::new("hub").dedup(channel, event_id))
+        .query(conn)
+        .expect("DEL");
+}
+
+// ---- The subscriber's side ----
+
+/// The text of the next `message` push, exactly as the hub sent it.
+async fn next_raw_message(c: &mut Client) -> String {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let next = tokio::time::timeout_at(deadline, c.ws.next())
+            .await
+            .expect("a message within the wait");
+        if let Some(Ok(Message::Text(t))) = next {
+            if t.as_str().starts_with(r#"{"type":"message""#) {
+                return t.as_str().to_owned();
+            }
+        }
+    }
+}
+
+/// The next `n` messages' `data.n`, asserting each arrives within the wait.
+async fn numbers(c: &mut Client, n: usize) -> Vec<u64> {
+    let mut got = Vec::with_capacity(n);
+    for _ in 0..n {
+        let m = c.next_of("message").await;
+        got.push(m["data"]["n"].as_u64().expect("data.n"));
+    }
+    got
+}
+
+fn entry(channel: &str, n: u64) -> Vec<(String, String)> {
+    vec![
+        ("channel".into(), channel.into()),
+        ("data".into(), json!({ "n": n }).to_string()),
+    ]
+}
+
+/// Appends many entries in one transaction: a blocked reader sees all of them at once.
+fn xadd_many(conn: &mut redis::Connection, stream: &str, entries: &[Vec<(String, String)>]) {
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    for fields in entries {
+        let cmd = pipe.cmd("XADD").arg(stream).arg("*");
+        for (k, v) in fields {
+            cmd.arg(k).arg(v);
+        }
+        cmd.ignore();
+    }
+    pipe.query::<()>(conn).expect("XADD pipeline");
+}
+
+/// A node that ingests no stream (`--streams ""`), to hold subscribers that must not race the
+/// consumers under test.
+fn spawn_watcher(redis: &RedisServer) -> TestApp {
+    spawn_node(redis, "watcher", &["--streams", ""])
+}
+
+// ---- Entries ----
+
+/// An entry's `data` reaches subscribers byte for byte, with its `event_type` and `event_id`;
+/// `payload` is an alias of `data`, and an entry without `event_id` gets `<stream>/<entry id>`.
+#[actix_rt::test]
+async fn an_entry_reaches_subscribers_with_its_data_untouched() {
+    let redis = RedisServer::start();
+    let node = spawn_node(&redis, "a", &["--streams", "t1:events"]);
+    let mut conn = redis_conn(&redis);
+    let mut c = Client::connect(&node, "u").await;
+    c.subscribe("dashboard:orders").await;
+
+    let data = r#"{"event_id":"e-1", "event_type":"order.created","aggregate_id":"ord-7","occurred_at":"2026-01-01T00:00:00.000Z","amount":129.90}"#;
+    xadd(
+        &mut conn,
+        "t1:events",
+        &[
+            ("channel", "dashboard:orders"),
+            ("event_type", "order.created"),
+            ("event_id", "e-1"),
+            ("data", data),
+        ],
+    );
+    let raw = next_raw_message(&mut c).await;
+    assert!(raw.contains(&format!(r#""data":{data}"#)), "frame: {raw}");
+    let m: Value = serde_json::from_str(&raw).expect("JSON");
+    assert_eq!(
+        (
+            &m["channel"],
+            &m["offset"],
+            &m["event_id"],
+            &m["event_type"]
+        ),
+        (
+            &json!("dashboard:orders"),
+            &json!(1),
+            &json!("e-1"),
+            &json!("order.created")
+        )
+    );
+    assert!(
+        m.get("from").is_none(),
+        "services publish without `from`: {m}"
+    );
+
+    let id = xadd(
+        &mut conn,
+        "t1:events",
+        &[("channel", "dashboard:orders"), ("payload", "[1, 2]")],
+    );
+    let m = c.next_of("message").await;
+    assert_eq!(m["data"], json!([1, 2]));
+    assert_eq!(m["event_id"], format!("t1:events/{id}"));
+    assert!(m.get("event_type").is_none(), "no event_type given: {m}");
+    eventually("both entries acknowledged", || {
+        let p = pending(&mut conn, "t1:events");
+        async move { p == 0 }
+    })
+    .await;
+}
+
+/// Two entries with the same `event_id` are published once: the second is acknowledged as a
+/// duplicate.
+#[actix_rt::test]
+async fn entries_with_an_event_id_already_published_are_not_published_again() {
+    let redis = RedisServer::start();
+    let node = spawn_node(&redis, "a", &["--streams", "t2:events"]);
+    let mut conn = redis_conn(&redis);
+    let mut c = Client::connect(&node, "u").await;
+    c.subscribe("d:c").await;
+    for n in [1, 1, 2] {
+        let id = format!("ev-{n}");
+        let data = json!({ "n": n }).to_string();
+        xadd(
+            &mut conn,
+            "t2:events",
+            &[("channel", "d:c"), ("event_id", &id), ("data", &data)],
+        );
+    }
+    assert_eq!(numbers(&mut c, 2).await, vec![1, 2]);
+    c.expect_silence(Duration::from_millis(300)).await;
+    assert_eq!(pending(&mut conn, "t2:events"), 0);
+}
+
+// ---- Poison and dead letters ----
+
+/// Every kind of poison goes to `<stream>:dlq` with its reason and original fields, and the
+/// entries behind it are published in order; `/api/deadletters` lists them newest first and
+/// `/api/info` counts them.
+#[actix_rt::test]
+async fn poison_entries_are_dead_lettered_and_never_block_the_entries_behind_them() {
+    let redis = RedisServer::start();
+    let node = spawn_node(
+        &redis,
+        "a",
+        &["--streams", "t3:events", "--max-publication-bytes", "1024"],
+    );
+    let mut conn = redis_conn(&redis);
+    let mut c = Client::connect(&node, "u").await;
+    c.subscribe("p:c").await;
+
+    let big = format!("\"{}\"", "x".repeat(2000));
+    let deep = format!("{}{}", "[".repeat(100), "]".repeat(100));
+    let poison: Vec<(Vec<(&str, &str)>, &str)> = vec![
+        (vec![("data", "{\"n\":99}")], "no `channel` field"),
+        (
+            vec![("channel", "p:c"), ("data", "{oops")],
+            "not valid JSON",
+        ),
+        (
+            vec![("channel", "bad channel"), ("data", "1")],
+            "invalid channel name",
+        ),
+        (vec![("channel", "p:c"), ("data", &big)], "over 1024 bytes"),
+        (vec![("channel", "p:c"), ("data", &deep)], "nested deeper"),
+        (vec![("channel", "p:c")], "no `data` (or `payload`) field"),
+    ];
+    let before = now() * 1000;
+    xadd(
+        &mut conn,
+        "t3:events",
+        &[("channel", "p:c"), ("data", r#"{"n":1}"#)],
+    );
+    let mut poison_ids = Vec::new();
+    for (fields, _) in &poison {
+        poison_ids.push(xadd(&mut conn, "t3:events", fields));
+    }
+    xadd(
+        &mut conn,
+        "t3:events",
+        &[("channel", "p:c"), ("data", r#"{"n":2}"#)],
+    );
+
+    let first = c.next_of("message").await;
+    let second = c.next_of("message").await;
+    assert_eq!(
+        (
+            &first["data"]["n"],
+            &first["offset"],
+            &second["data"]["n"],
+            &second["offset"]
+        ),
+        (&json!(1), &json!(1), &json!(2), &json!(2))
+    );
+
+    let (status, listed) = api_get(&node, "/api/deadletters").await;
+    assert_eq!(status, 200, "{listed}");
+    let entries = listed["entries"].as_array().expect("entries").clone();
+    assert_eq!(entries.len(), poison.len(), "{listed}");
+    // Newest first: the reverse of the order they were appended in.
+    for (dead, ((fields, reason), id)) in entries.iter().rev().zip(poison.iter().zip(&poison_ids)) {
+        assert_eq!(dead["stream"], "t3:events");
+        assert_eq!(dead["original_id"], json!(id));
+        assert!(
+            dead["reason"].as_str().is_some_and(|r| r.contains(reason)),
+            "reason of {id}: {dead}"
+        );
+        assert_eq!(dead["deliveries"], 1);
+        assert!(dead["failed_at"].as_u64().is_some_and(|t| t >= before));
+        assert!(dead["id"]
+            .as_str()
+            .is_some_and(|i| i.starts_with("t3:events:dlq/")));
+        let expected: serde_json::Map<String, Value> = fields
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), json!(v)))
+            .collect();
+        assert_eq!(dead["fields"], Value::Object(expected), "fields of {id}");
+    }
+
+    let (_, two) = api_get(&node, "/api/deadletters?limit=2").await;
+    assert_eq!(two["entries"].as_array().map(Vec::len), Some(2));
+    assert_eq!(two["entries"][0], entries[0]);
+
+    eventually("nothing left pending", || {
+        let p = pending(&mut conn, "t3:events");
+        async move { p == 0 }
+    })
+    .await;
+    let (_, info) = api_get(&node, "/api/info").await;
+    assert_eq!(
+        info["streams"],
+        json!([{"stream": "t3:events", "length": 8, "pending": 0, "lag": 0, "dead_letters": 6}])
+    );
+}
+
+/// A dead letter can be deleted once (then it is `not_found`), by its id as listed or
+/// percent-encoded; an id that names no dead letter is `not_found` too.
+#[actix_rt::test]
+async fn dead_letters_are_deleted_by_id() {
+    let redis = RedisServer::start();
+    let node = spawn_node(&redis, "a", &["--streams", "t7:events"]);
+    let mut conn = redis_conn(&redis);
+    xadd(&mut conn, "t7:events", &[("data", "1")]);
+    xadd(&mut conn, "t7:events", &[("data", "2")]);
+    let mut listed = Vec::new();
+    eventually("two dead letters", || {
+        let node = &node;
+        async move {
+            api_get(node, "/api/deadletters").await.1["entries"]
+                .as_array()
+                .map(Vec::len)
+                == Some(2)
+        }
+    })
+    .await;
+    for e in api_get(&node, "/api/deadletters").await.1["entries"]
+        .as_array()
+        .expect("entries")
+    {
+        listed.push(e["id"].as_str().expect("id").to_owned());
+    }
+
+    let delete = |path: String| {
+        let url = node.http(&path);
+        async move {
+            let mut res = http()
+                .delete(url)
+                .insert_header(("X-API-Key", API_KEY))
+                .send()
+                .await
+                .expect("http request");
+            let body = res.body().await.expect("body");
+            (
+                res.status().as_u16(),
+                serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null),
+            )
+        }
+    };
+    assert_eq!(
+        delete(format!("/api/deadletters/{}", listed[0])).await,
+        (200, json!({"deleted": 1}))
+    );
+    let (status, body) = delete(format!("/api/deadletters/{}", listed[0])).await;
+    assert_eq!((status, &body["error"]["code"]), (404, &json!("not_found")));
+    let encoded = listed[1].replace(':', "%3A").replace('/', "%2F");
+    assert_eq!(
+        delete(format!("/api/deadletters/{encoded}")).await,
+        (200, json!({"deleted": 1}))
+    );
+    for bad in [
+        "nope",
+        "t7:events:dlq/x-y",
+        "other:dlq/1-0",
+        "t7:events/1-0",
+    ] {
+        let (status, body) = delete(format!("/api/deadletters/{bad}")).await;
+        assert_eq!(
+            (status, &body["error"]["code"]),
+            (404, &json!("not_found")),
+            "{bad}"
+        );
+    }
+    assert_eq!(
+        api_get(&node, "/api/deadletters").await.1,
+        json!({"entries": []})
+    );
+}
+
+/// Without Redis there is no ingestion: no dead letters, nothing to replay or delete, and no
+/// streams in `/api/info`.
+#[actix_rt::test]
+async fn without_redis_there_are_no_dead_letters() {
+    let node = spawn_app_args(&[
+        "realtime-hub",
+        "--bind",
+        "127.0.0.1:0",
+        "--jwt-secret",
+        SECRET,
+        "--api-key",
+        API_KEY,
+    ]);
+    assert_eq!(
+        api_get(&node, "/api/deadletters").await,
+        (200, json!({"entries": []}))
+    );
+    assert_eq!(
+        api_post(
+            &node,
+            "/api/deadletters/replay",
+            r#"{"ids":["hub:events:dlq/1-0"]}"#
+        )
+        .await,
+        (200, json!({"replayed": 0}))
+    );
+    let (status, body) = api_post(&node, "/api/deadletters/replay", r#"{"id":1}"#).await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (400, &json!("bad_request"))
+    );
+    let (_, info) = api_get(&node, "/api/info").await;
+    assert_eq!(info["streams"], json!([]));
+}
+
+// ---- Passing failures ----
+
+/// A publish that fails for a passing reason leaves the entry pending, and the entries behind
+/// it wait; once the cause is gone, the retry publishes it and the rest follow, in order and
+/// each once.
+#[actix_rt::test]
+async fn a_passing_failure_is_retried_until_it_succeeds_and_keeps_the_order() {
+    let redis = RedisServer::start();
+    let node = spawn_node(
+        &redis,
+        "a",
+        &["--streams", "t4:events", "--stream-max-deliveries", "100"],
+    );
+    let mut conn = redis_conn(&redis);
+    let mut c = Client::connect(&node, "u").await;
+    c.subscribe("r:c").await;
+    break_publish(&mut conn, "r:c", "ev-1");
+    let entries: Vec<_> = (1..=2)
+        .map(|n| {
+            let mut e = entry("r:c", n);
+            e.push(("event_id".into(), format!("ev-{n}")));
+            e
+        })
+        .collect();
+    xadd_many(&mut conn, "t4:events", &entries);
+    let first = first_id(&mut conn, "t4:events");
+    eventually("the failing entry is delivered again", || {
+        let d = deliveries(&mut conn, "t4:events", &first);
+        async move { d >= 2 }
+    })
+    .await;
+    c.expect_silence(Duration::from_millis(200)).await;
+    assert_eq!(pending(&mut conn, "t4:events"), 2, "both entries wait");
+
+    repair(&mut conn, "r:c", "ev-1");
+    assert_eq!(numbers(&mut c, 2).await, vec![1, 2]);
+    c.expect_silence(Duration::from_millis(300)).await;
+    eventually("both acknowledged", || {
+        let p = pending(&mut conn, "t4:events");
+        async move { p == 0 }
+    })
+    .await;
+}
+
+/// An entry that keeps failing is dead-lettered after `HUB_STREAM_MAX_DELIVERIES` deliveries and
+/// the entries behind it go on; once the cause is fixed, replaying the dead letter publishes it.
+#[actix_rt::test]
+async fn a_persistent_failure_is_dead_lettered_and_its_replay_delivers_it_once_fixed() {
+    let redis = RedisServer::start();
+    let node = spawn_node(
+        &redis,
+        "a",
+        &["--streams", "t5:events", "--stream-max-deliveries", "2"],
+    );
+    let mut conn = redis_conn(&redis);
+    let mut c = Client::connect(&node, "u").await;
+    c.subscribe("f:c").await;
+    break_publish(&mut conn, "f:c", "ev-1");
+    let first = xadd(
+        &mut conn,
+        "t5:events",
+        &[
+            ("channel", "f:c"),
+            ("event_id", "ev-1"),
+            ("data", r#"{"n":1}"#),
+        ],
+    );
+    xadd(
+        &mut conn,
+        "t5:events",
+        &[
+            ("channel", "f:c"),
+            ("event_id", "ev-2"),
+            ("data", r#"{"n":2}"#),
+        ],
+    );
+    assert_eq!(
+        numbers(&mut c, 1).await,
+        vec![2],
+        "the entry behind goes on"
+    );
+
+    let (_, listed) = api_get(&node, "/api/deadletters").await;
+    let dead = &listed["entries"][0];
+    assert_eq!(dead["original_id"], json!(first), "{listed}");
+    assert_eq!(dead["deliveries"], 2);
+    assert!(
+        dead["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("publish failed on each of 2 deliveries")),
+        "{dead}"
+    );
+    assert_eq!(
+        dead["fields"],
+        json!({"channel": "f:c", "event_id": "ev-1", "data": "{\"n\":1}"})
+    );
+
+    repair(&mut conn, "f:c", "ev-1");
+    let body = json!({ "ids": [dead["id"], "t5:events:dlq/1-0", "elsewhere/1-0"] }).to_string();
+    assert_eq!(
+        api_post(&node, "/api/deadletters/replay", &body).await,
+        (200, json!({"replayed": 1}))
+    );
+    let m = c.next_of("message").await;
+    assert_eq!(
+        (&m["data"]["n"], &m["event_id"]),
+        (&json!(1), &json!("ev-1"))
+    );
+    assert_eq!(
+        api_post(&node, "/api/deadletters/replay", &body).await,
+        (200, json!({"replayed": 0})),
+        "a dead letter is replayed once"
+    );
+    assert_eq!(
+        api_get(&node, "/api/deadletters").await.1,
+        json!({"entries": []})
+    );
+    c.expect_silence(Duration::from_millis(300)).await;
+}
+
+// ---- Restarts, kills and shutdowns ----
+
+/// A node restarted with the same node id first re-reads the entries it had taken: the one it
+/// had already published is recognised by its `<stream>/<entry id>` and not published again.
+#[actix_rt::test]
+async fn a_restarted_node_rereads_its_own_pending_entries() {
+    let redis = RedisServer::start();
+    let mut conn = redis_conn(&redis);
+    let stream = "t6:events";
+    // As node "a" left it when it died: it had taken three entries, published the first and
+    // acknowledged none.
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(stream)
+        .arg("hub")
+        .arg("0")
+        .arg("MKSTREAM")
+        .query(&mut conn)
+        .expect("XGROUP CREATE");
+    let ids: Vec<String> = (1..=3)
+        .map(|n| {
+            let data = json!({ "n": n }).to_string();
+            xadd(&mut conn, stream, &[("channel", "s:c"), ("data", &data)])
+        })
+        .collect();
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("hub")
+        .arg("a")
+        .arg("COUNT")
+        .arg(10)
+        .arg("STREAMS")
+        .arg(stream)
+        .arg(">")
+        .query(&mut conn)
+        .expect("XREADGROUP");
+    let watcher = spawn_watcher(&redis);
+    let mut c = Client::connect(&watcher, "u").await;
+    c.subscribe("s:c").await;
+    let (status, _) = api_post(
+        &watcher,
+        "/api/publish",
+        &json!({"channel": "s:c", "data": {"n": 1}, "event_id": format!("{stream}/{}", ids[0])})
+            .to_string(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(numbers(&mut c, 1).await, vec![1]);
+
+    // The claim idle time is far away: only the re-read of its own entries can deliver them.
+    let _a = spawn_node(&redis, "a", &["--streams", stream]);
+    let m2 = c.next_of("message").await;
+    let m3 = c.next_of("message").await;
+    assert_eq!(
+        (&m2["data"]["n"], &m2["event_id"], &m3["data"]["n"]),
+        (&json!(2), &json!(format!("{stream}/{}", ids[1])), &json!(3))
+    );
+    c.expect_silence(Duration::from_millis(300)).await;
+    eventually("all acknowledged", || {
+        let p = pending(&mut conn, stream);
+        async move { p == 0 }
+    })
+    .await;
+}
+
+/// The real binary as a subprocess; dropping it SIGKILLs it.
+struct HubProcess {
+    child: Child,
+    addr: String,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl HubProcess {
+    async fn start(redis: &RedisServer, node: &str, extra: &[(&str, &str)]) -> HubProcess {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_realtime-hub"));
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("HUB_") {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.env("HUB_BIND", &addr)
+            .env("HUB_REDIS_URL", redis.url())
+            .env("HUB_NODE_ID", node)
+            .env("HUB_NODE_HEARTBEAT_S", "1")
+            .env("HUB_JWT_SECRET", SECRET)
+            .env("HUB_API_KEY", API_KEY)
+            .env("HUB_WORKERS", "1")
+            .envs(extra.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("start realtime-hub");
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let pipe = child.stderr.take().expect("stderr pipe");
+        let sink = Arc::clone(&stderr);
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                sink.lock().expect("stderr lock").push(line);
+            }
+        });
+        let hub = HubProcess {
+            child,
+            addr,
+            stderr,
+        };
+        let ready = format!("http://{}/ready", hub.addr);
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Ok(res) = http().get(&ready).send().await {
+                if res.status() == 200 {
+                    break;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {node} never became ready:\n{}",
+                hub.stderr.lock().expect("stderr lock").join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        hub
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for HubProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A node killed with SIGKILL while it holds pending entries: another node claims them after
+/// the claim idle time and a subscriber receives each exactly once, in stream order; the dead
+/// node's consumer is then removed from the group.
+#[actix_rt::test]
+async fn entries_of_a_node_killed_with_sigkill_are_claimed_by_another_and_delivered_once() {
+    let redis = RedisServer::start();
+    let mut conn = redis_conn(&redis);
+    let stream = "t8:events";
+    // The first entry cannot be published until repaired, so the doomed node keeps all twenty
+    // pending (the others wait behind it).
+    break_publish(&mut conn, "k:c", "ev-1");
+    let entries: Vec<Vec<(String, String)>> = (1..=20)
+        .map(|n| {
+            let mut e = entry("k:c", n);
+            e.push(("event_id".into(), format!("ev-{n}")));
+            e
+        })
+        .collect();
+    xadd_many(&mut conn, stream, &entries);
+    let mut doomed = HubProcess::start(
+        &redis,
+        "doomed",
+        &[
+            ("HUB_STREAMS", stream),
+            ("HUB_STREAM_MAX_DELIVERIES", "100"),
+            ("HUB_STREAM_CLAIM_IDLE_MS", "60000"),
+        ],
+    )
+    .await;
+    eventually("the doomed node holds all twenty", || {
+        let held = pending_by_consumer(&mut conn, stream);
+        async move { held == vec![("doomed".to_owned(), 20)] }
+    })
+    .await;
+    doomed.kill();
+    repair(&mut conn, "k:c", "ev-1");
+
+    let watcher = spawn_watcher(&redis);
+    let mut c = Client::connect(&watcher, "u").await;
+    c.subscribe("k:c").await;
+    let _b = spawn_node(
+        &redis,
+        "b",
+        &[
+            "--streams",
+            stream,
+            "--stream-claim-idle-ms",
+            "300",
+            "--stream-max-deliveries",
+            "100",
+        ],
+    );
+    assert_eq!(numbers(&mut c, 20).await, (1..=20).collect::<Vec<_>>());
+    c.expect_silence(Duration::from_millis(300)).await;
+    eventually("everything acknowledged", || {
+        let p = pending(&mut conn, stream);
+        async move { p == 0 }
+    })
+    .await;
+    eventually("the dead node's consumer is removed", || {
+        let names = consumers(&mut conn, stream);
+        async move { names == vec!["b".to_owned()] }
+    })
+    .await;
+}
+
+/// Two nodes share a stream through one group (consumers named after the nodes). One is stopped
+/// in the middle of a burst: it finishes the batch in hand (nothing stays pending on it) and
+/// the other delivers the rest; every entry arrives exactly once, with gapless offsets.
+#[actix_rt::test]
+async fn a_node_stopped_mid_burst_leaves_nothing_behind() {
+    let redis = RedisServer::start();
+    let mut conn = redis_conn(&redis);
+    let stream = "t9:events";
+    let flags = [
+        "--streams",
+        stream,
+        "--stream-claim-idle-ms",
+        "500",
+        "--client-queue-bytes",
+        "67108864",
+        "--node-queue-bytes",
+        "134217728",
+    ];
+    let mut a = spawn_node(&redis, "a", &flags);
+    let b = spawn_node(&redis, "b", &flags);
+    let mut c = Client::connect(&b, "u").await;
+    c.subscribe("m:c").await;
+    eventually("both consumers joined the group", || {
+        let mut names = consumers(&mut conn, stream);
+        names.sort();
+        async move { names == ["a", "b"] }
+    })
+    .await;
+
+    const N: u64 = 2000;
+    let entries: Vec<_> = (1..=N).map(|n| entry("m:c", n)).collect();
+    xadd_many(&mut conn, stream, &entries);
+    let mut seen = Vec::new();
+    while seen.len() < 100 {
+        seen.extend(numbers(&mut c, 1).await);
+    }
+    let stopping = Instant::now();
+    a.stop();
+    let stopped_in = stopping.elapsed();
+    assert!(
+        pending_by_consumer(&mut conn, stream)
+            .iter()
+            .all(|(name, n)| name != "a" || *n == 0),
+        "a left entries pending"
+    );
+    let mut offsets = Vec::new();
+    while seen.len() < N as usize {
+        let m = c.next_of("message").await;
+        offsets.push(m["offset"].as_u64().expect("offset"));
+        seen.push(m["data"]["n"].as_u64().expect("n"));
+    }
+    c.expect_silence(Duration::from_millis(300)).await;
+    let distinct: BTreeSet<u64> = seen.iter().copied().collect();
+    assert_eq!(distinct.len(), N as usize, "every entry exactly once");
+    assert_eq!(distinct.first().copied(), Some(1));
+    assert_eq!(distinct.last().copied(), Some(N));
+    assert!(
+        offsets.windows(2).all(|w| w[1] == w[0] + 1),
+        "offsets are gapless"
+    );
+    assert!(
+        stopped_in < Duration::from_secs(3),
+        "stop took {stopped_in:?}"
+    );
+}
+
+/// A stopped node does not wait out its blocking read: the stop releases it.
+#[actix_rt::test]
+async fn an_idle_node_stops_without_waiting_for_its_blocking_read() {
+    let redis = RedisServer::start();
+    let mut conn = redis_conn(&redis);
+    let mut node = spawn_node(&redis, "a", &["--streams", "t10:events"]);
+    eventually("the node reads the stream", || {
+        let names = consumers_or_none(&mut conn, "t10:events");
+        async move { names == ["a"] }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    node.stop();
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(900), "stop took {took:?}");
+}
+
+fn consumers_or_none(conn: &mut redis::Connection, stream: &str) -> Vec<String> {
+    let exists: i64 = redis::cmd("EXISTS")
+        .arg(stream)
+        .query(conn)
+        .expect("EXISTS");
+    if exists == 0 {
+        return Vec::new();
+    }
+    consumers(conn, stream)
+}
+
+/// After Redis restarts (empty: group and stream gone), the reader reconnects by itself,
+/// creates the group again and publishes what services append from then on.
+#[actix_rt::test]
+async fn ingestion_resumes_after_a_redis_restart() {
+    let mut redis = RedisServer::start();
+    let node = spawn_node(&redis, "a", &["--streams", "t12:events"]);
+    let mut c = Client::connect(&node, "u").await;
+    c.subscribe("z:c").await;
+    let mut conn = redis_conn(&redis);
+    xadd(
+        &mut conn,
+        "t12:events",
+        &[("channel", "z:c"), ("data", r#"{"n":1}"#)],
+    );
+    assert_eq!(numbers(&mut c, 1).await, vec![1]);
+
+    redis.restart();
+    let mut conn = redis_conn(&redis);
+    eventually("the group is created again", || {
+        let names = consumers_or_none(&mut conn, "t12:events");
+        async move { names == ["a"] }
+    })
+    .await;
+    xadd(
+        &mut conn,
+        "t12:events",
+        &[("channel", "z:c"), ("data", r#"{"n":2}"#)],
+    );
+    let m = c
+        .next_of_within("message", Duration::from_secs(10))
+        .await
+        .expect("the entry appended after the restart");
+    assert_eq!(m["data"]["n"], 2);
+    eventually("acknowledged", || {
+        let p = pending(&mut conn, "t12:events");
+        async move { p == 0 }
+    })
+    .await;
+}
+
+// ---- Throughput and order ----
+
+/// A burst of 10,000 entries through one node reaches a subscriber exactly once and in stream
+/// order.
+#[actix_rt::test]
+async fn a_burst_of_ten_thousand_entries_arrives_exactly_once_in_stream_order() {
+    let redis = RedisServer::start();
+    let mut conn = redis_conn(&redis);
+    let node = spawn_node(
+        &redis,
+        "a",
+        &[
+            "--streams",
+            "t11:events",
+            "--client-queue-bytes",
+            "67108864",
+            "--node-queue-bytes",
+            "134217728",
+        ],
+    );
+    let mut c = Client::connect(&node, "u").await;
+    c.subscribe("burst:c").await;
+    const N: u64 = 10_000;
+    let entries: Vec<_> = (1..=N).map(|n| entry("burst:c", n)).collect();
+    let started = Instant::now();
+    xadd_many(&mut conn, "t11:events", &entries);
+    for expected in 1..=N {
+        let m = c.next_of("message").await;
+        assert_eq!(
+            (m["offset"].as_u64(), m["data"]["n"].as_u64()),
+            (Some(expected), Some(expected))
+        );
+    }
+    eprintln!("10,000 stream entries delivered in {:?}", started.elapsed());
+    c.expect_silence(Duration::from_millis(300)).await;
+    eventually("all acknowledged", || {
+        let p = pending(&mut conn, "t11:events");
+        async move { p == 0 }
+    })
+    .await;
+}
+
+// ---- The demo producer ----
+
+/// `realtime-hub demo-events` appends domain events that reach `dashboard:orders` and
+/// `dashboard:sensors`, each `data` an envelope carrying the entry's `event_id` and
+/// `event_type`.
+#[actix_rt::test]
+async fn demo_events_reach_dashboard_subscribers_as_domain_envelopes() {
+    let redis = RedisServer::start();
+    let mut conn = redis_conn(&redis);
+    let node = spawn_node(&redis, "a", &[]);
+    let mut c = Client::connect(&node, "u").await;
+    c.subscribe("dashboard:orders").await;
+    c.subscribe("dashboard:sensors").await;
+    let out = Command::new(env!("CARGO_BIN_EXE_realtime-hub"))
+        .args(["demo-events", "--rate", "40", "--duration", "1"])
+        .env("HUB_REDIS_URL", redis.url())
+        .output()
+        .expect("run demo-events");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("events appended to `hub:events`"),
+        "{stdout}"
+    );
+    let appended: u64 = redis::cmd("XLEN")
+        .arg("hub:events")
+        .query(&mut conn)
+        .expect("XLEN");
+    assert!(
+        (30..=50).contains(&appended),
+        "{appended} events in 1 s at 40/s"
+    );
+    let mut kinds = BTreeSet::new();
+    for _ in 0..appended {
+        let m = c.next_of("message").await;
+        let data = &m["data"];
+        assert_eq!(data["event_id"], m["event_id"], "{m}");
+        assert_eq!(data["event_type"], m["event_type"], "{m}");
+        assert!(
+            data["aggregate_id"].is_string() && data["occurred_at"].is_string(),
+            "{m}"
+        );
+        match m["channel"].as_str() {
+            Some("dashboard:orders") => assert!(data["order_id"].is_string(), "{m}"),
+            Some("dashboard:sensors") => assert!(data["temperature_c"].is_number(), "{m}"),
+            other => panic!("unexpected channel {other:?}"),
+        }
+        kinds.insert(m["event_type"].as_str().unwrap_or_default().to_owned());
+    }
+    assert!(
+        kinds.contains("sensor.reading") && kinds.contains("order.created"),
+        "{kinds:?}"
+    );
+    c.expect_silence(Duration::from_millis(300)).await;
+
+    let without = Command::new(env!("CARGO_BIN_EXE_realtime-hub"))
+        .args(["demo-events", "--duration", "1"])
+        .env_remove("HUB_REDIS_URL")
+        .output()
+        .expect("run demo-events");
+    assert_eq!(without.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&without.stderr).contains("HUB_REDIS_URL"));
+}
