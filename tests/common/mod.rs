@@ -89,8 +89,33 @@ pub fn spawn_app_with(extra: &[&str]) -> TestApp {
         args.extend_from_slice(&["--redis-url", url, "--node-heartbeat-s", "1"]);
     }
     let mut app = spawn_app_args(&args);
+    if redis.is_some() {
+        // A Redis node is ready once its pub/sub link is up; the single-node suites expect a
+        // node that can serve from the first request, as a load balancer would wait for.
+        wait_ready_blocking(app.addr);
+    }
     app.redis = redis;
     app
+}
+
+/// Waits (blocking, up to [`WAIT`]) until the node's `/ready` answers 200.
+pub fn wait_ready_blocking(addr: SocketAddr) {
+    use std::io::{Read, Write};
+    let deadline = std::time::Instant::now() + WAIT;
+    while std::time::Instant::now() < deadline {
+        let mut status = [0u8; 12];
+        let ok = std::net::TcpStream::connect(addr)
+            .and_then(|mut s| {
+                s.write_all(b"GET /ready HTTP/1.0\r\n\r\n")?;
+                s.read_exact(&mut status)
+            })
+            .is_ok();
+        if ok && status.ends_with(b" 200") {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("node at {addr} not ready within {WAIT:?}");
 }
 
 pub fn spawn_app() -> TestApp {
