@@ -22,8 +22,8 @@ pub struct AppState {
     pub verifier: Verifier,
     pub metrics: Arc<Metrics>,
     pub started: Instant,
-    /// The Streams ingestion (Redis engine only): dead letters, `/api/info` figures and the
-    /// per-stream counters (`streams.counters()`, for `/metrics`). Stopped by the shutdown.
+    /// The Streams ingestion (Redis engine only): dead letters and `/api/info` figures (its
+    /// readers count into `metrics` themselves). Stopped by the shutdown.
     pub streams: Option<Arc<Streams>>,
     /// Set once shutdown begins: `/ready` answers 503 and new connections are refused.
     draining: AtomicBool,
@@ -37,6 +37,10 @@ impl AppState {
         verifier: Verifier,
         metrics: Arc<Metrics>,
     ) -> Self {
+        if config.redis_url.is_some() {
+            // Before the server accepts anyone, so the first scrape already shows them.
+            metrics.enable_redis();
+        }
         AppState {
             config,
             engine,

@@ -4,12 +4,19 @@
 //!
 //! One [`Metrics`] per running node, shared by `Arc`: no process-wide globals, so several nodes
 //! in one test process keep their own figures.
-
-use std::sync::Arc;
+//!
+//! The Redis metrics (`hub_redis_up`, `hub_redis_reconnects_total`) are exposed only once
+//! [`Metrics::enable_redis`] was called, so that a memory-engine node does not show a Redis that
+//! is "down" (and fire the alert on it).
 
 use std::fmt::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
+};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -55,10 +62,62 @@ pub struct StreamLabels {
     pub stream: String,
 }
 
+/// What became of a stream entry (`hub_stream_entries_total{result}`).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum StreamResult {
+    /// Published (or found already published, or deleted meanwhile) and acknowledged.
+    Acked,
+    /// A publish attempt failed for a passing reason; the entry stays pending and is retried.
+    Retried,
+    /// Moved to the dead letters (and acknowledged).
+    Dead,
+}
+
+impl EncodeLabelValue for StreamResult {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        encoder.write_str(match self {
+            StreamResult::Acked => "acked",
+            StreamResult::Retried => "retried",
+            StreamResult::Dead => "dead",
+        })
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StreamResultLabels {
     pub stream: String,
-    pub result: String,
+    pub result: StreamResult,
+}
+
+/// `hub_redis_up` and `hub_redis_reconnects_total`, encoded only on a node that runs with Redis.
+#[derive(Debug, Default)]
+struct RedisMetrics {
+    /// Set once by [`Metrics::enable_redis`]; never cleared.
+    enabled: AtomicBool,
+    up: Gauge,
+    reconnects: Counter,
+}
+
+impl Collector for RedisMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        if !self.enabled.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let up = encoder.encode_descriptor(
+            "hub_redis_up",
+            "1 while Redis is reachable (nodes with Redis only)",
+            None,
+            self.up.metric_type(),
+        )?;
+        self.up.encode(up)?;
+        let reconnects = encoder.encode_descriptor(
+            "hub_redis_reconnects",
+            "Times the pub/sub link to Redis was re-established (nodes with Redis only)",
+            None,
+            self.reconnects.metric_type(),
+        )?;
+        self.reconnects.encode(reconnects)
+    }
 }
 
 /// The node's metrics. Handles are cheap clones of shared atomics.
@@ -74,16 +133,23 @@ pub struct Metrics {
     pub disconnects: Family<CodeLabels, Counter>,
     pub connects: Family<ResultLabels, Counter>,
     pub slow_consumer_disconnects: Counter,
+    /// Shown only with Redis (see [`RedisMetrics`]).
     pub redis_up: Gauge,
+    /// Shown only with Redis (see [`RedisMetrics`]).
     pub redis_reconnects: Counter,
+    /// The collector that owns the two Redis handles above (clones of the same atomics).
+    redis: Arc<RedisMetrics>,
     pub stream_entries: Family<StreamResultLabels, Counter>,
+    /// Group-wide figures, refreshed by each stream's reader (see `bridge::streams`).
     pub stream_pending: Family<StreamLabels, Gauge>,
+    /// As `stream_pending`; a stream's series is absent while Redis cannot tell its lag.
     pub stream_lag: Family<StreamLabels, Gauge>,
 }
 
 impl Metrics {
     pub fn new() -> Arc<Self> {
         let mut registry = Registry::default();
+        let redis = Arc::new(RedisMetrics::default());
         let m = Metrics {
             connections: Gauge::default(),
             subscriptions: Gauge::default(),
@@ -96,8 +162,9 @@ impl Metrics {
             disconnects: Family::default(),
             connects: Family::default(),
             slow_consumer_disconnects: Counter::default(),
-            redis_up: Gauge::default(),
-            redis_reconnects: Counter::default(),
+            redis_up: redis.up.clone(),
+            redis_reconnects: redis.reconnects.clone(),
+            redis: Arc::clone(&redis),
             stream_entries: Family::default(),
             stream_pending: Family::default(),
             stream_lag: Family::default(),
@@ -154,16 +221,7 @@ impl Metrics {
             "Connections closed with 4000 because their outbound backlog passed its bound",
             m.slow_consumer_disconnects.clone(),
         );
-        registry.register(
-            "hub_redis_up",
-            "1 while Redis is reachable (Redis engine only)",
-            m.redis_up.clone(),
-        );
-        registry.register(
-            "hub_redis_reconnects",
-            "Times the pub/sub link to Redis was re-established",
-            m.redis_reconnects.clone(),
-        );
+        registry.register_collector(Box::new(redis));
         registry.register(
             "hub_stream_entries",
             "Stream entries handled, by stream and result (acked, retried, dead)",
@@ -171,12 +229,12 @@ impl Metrics {
         );
         registry.register(
             "hub_stream_pending",
-            "Entries pending in the consumer group",
+            "Entries delivered to the consumer group and not yet acknowledged, by stream",
             m.stream_pending.clone(),
         );
         registry.register(
             "hub_stream_lag",
-            "Entries not yet delivered to the consumer group",
+            "Entries not yet delivered to the consumer group, by stream (absent where Redis cannot tell)",
             m.stream_lag.clone(),
         );
         registry.register(
@@ -229,13 +287,42 @@ impl Metrics {
             .inc();
     }
 
-    pub fn stream_entry(&self, stream: &str, result: &str) {
+    /// Shows the Redis metrics from now on: called once at start by a node with Redis.
+    pub fn enable_redis(&self) {
+        self.redis.enabled.store(true, Ordering::Release);
+    }
+
+    /// `n` entries of `stream` came to `result`.
+    pub fn stream_entries(&self, stream: &str, result: StreamResult, n: u64) {
+        if n == 0 {
+            return;
+        }
         self.stream_entries
             .get_or_create(&StreamResultLabels {
                 stream: stream.to_owned(),
-                result: result.to_owned(),
+                result,
             })
-            .inc();
+            .inc_by(n);
+    }
+
+    /// A stream's group-wide pending and lag figures (`lag` `None`: Redis cannot tell, and the
+    /// series is removed rather than left at a stale or made-up value).
+    pub fn stream_figures(&self, stream: &str, pending: u64, lag: Option<u64>) {
+        let labels = StreamLabels {
+            stream: stream.to_owned(),
+        };
+        let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        self.stream_pending
+            .get_or_create(&labels)
+            .set(gauge(pending));
+        match lag {
+            Some(lag) => {
+                self.stream_lag.get_or_create(&labels).set(gauge(lag));
+            }
+            None => {
+                self.stream_lag.remove(&labels);
+            }
+        }
     }
 
     /// The Prometheus text exposition of every metric.
@@ -268,11 +355,45 @@ mod tests {
             "hub_errors_total{code=\"bad_request\"} 1",
             "hub_disconnects_total{code=\"4000\"} 1",
             "hub_slow_consumer_disconnects_total ",
-            "hub_redis_up ",
             "hub_build_info{version=",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }
         assert_eq!(m.publications_total(), 1);
+    }
+
+    /// A node without Redis shows no Redis metrics (so "Redis down" cannot fire on it); one
+    /// with Redis shows both.
+    #[test]
+    fn redis_metrics_appear_only_with_redis() {
+        let m = Metrics::new();
+        assert!(!m.encode().contains("hub_redis"), "{}", m.encode());
+        m.enable_redis();
+        m.redis_up.set(1);
+        m.redis_reconnects.inc();
+        let text = m.encode();
+        assert!(text.contains("hub_redis_up 1\n"), "{text}");
+        assert!(text.contains("hub_redis_reconnects_total 1\n"), "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    /// Stream figures are labelled by stream and result; an unknown lag has no series.
+    #[test]
+    fn stream_figures_are_labelled_by_stream() {
+        let m = Metrics::new();
+        m.stream_entries("s", StreamResult::Acked, 3);
+        m.stream_entries("s", StreamResult::Dead, 1);
+        m.stream_figures("s", 2, Some(5));
+        let text = m.encode();
+        for line in [
+            "hub_stream_entries_total{stream=\"s\",result=\"acked\"} 3",
+            "hub_stream_entries_total{stream=\"s\",result=\"dead\"} 1",
+            "hub_stream_pending{stream=\"s\"} 2",
+            "hub_stream_lag{stream=\"s\"} 5",
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
+        m.stream_figures("s", 2, None);
+        assert!(!m.encode().contains("hub_stream_lag{"), "{}", m.encode());
     }
 }
