@@ -131,7 +131,7 @@ pub async fn run(
         Some(client) if !config.streams.is_empty() => {
             let settings = StreamSettings::from_config(&config, &Keys::new(&config.redis_prefix));
             Some(
-                Streams::start(&client, settings, Arc::clone(&engine))
+                Streams::start(&client, settings, Arc::clone(&engine), Arc::clone(&metrics))
                     .map_err(std::io::Error::other)?,
             )
         }

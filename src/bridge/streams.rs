@@ -19,7 +19,12 @@
 //! 3. Dead letters and acknowledgements of a batch are written in one `MULTI`: an entry is
 //!    never both dead-lettered and left pending.
 //! 4. Every `HUB_STREAM_CLAIM_IDLE_MS / 2` (at most 5 s) it claims entries idle that long
-//!    (`XAUTOCLAIM`) and removes the consumers of dead nodes that hold nothing pending.
+//!    (`XAUTOCLAIM`), removes the consumers of dead nodes that hold nothing pending, and
+//!    refreshes the stream's `hub_stream_pending` and `hub_stream_lag` gauges.
+//!
+//! Each reader counts what becomes of its entries (`hub_stream_entries_total{result}`: acked,
+//! retried, dead) once the batch is settled, and each new publication
+//! (`hub_publications_total{source="stream"}`) once it is published.
 //!
 //! On shutdown a reader stops reading (a blocked read is released with `CLIENT UNBLOCK`),
 //! finishes the batch in hand and leaves anything else pending for the next owner.
@@ -28,7 +33,6 @@ mod dead_letters;
 pub mod entry;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
@@ -45,6 +49,7 @@ use crate::auth::unix_millis;
 use crate::config::Config;
 use crate::engine::redis::Keys;
 use crate::engine::Engine;
+use crate::metrics::{Metrics, Source, StreamResult};
 
 /// Most entries read, and acknowledged, at once.
 const BATCH: usize = 100;
@@ -116,43 +121,13 @@ pub fn dead_letter_stream(stream: &str) -> String {
     format!("{stream}:dlq")
 }
 
-/// What one stream's reader did on this node, since start. Written only by that reader; read by
-/// whoever reports figures (`/metrics`: `hub_stream_entries_total{stream,result}`).
-#[derive(Debug)]
-pub struct StreamCounters {
-    pub stream: String,
-    /// Entries published (or found already published) and acknowledged.
-    pub acked: AtomicU64,
-    /// Of those, the ones that made a new publication (not a duplicate `event_id`): what
-    /// `hub_publications_total{source="stream"}` counts.
-    pub published: AtomicU64,
-    /// Publish attempts that failed for a passing reason; the entry stayed pending.
-    pub retried: AtomicU64,
-    /// Entries moved to the dead letters (and acknowledged).
-    pub dead: AtomicU64,
-}
-
-impl StreamCounters {
-    fn new(stream: &str) -> Self {
-        StreamCounters {
-            stream: stream.to_owned(),
-            acked: AtomicU64::new(0),
-            published: AtomicU64::new(0),
-            retried: AtomicU64::new(0),
-            dead: AtomicU64::new(0),
-        }
-    }
-}
-
-/// This node's Streams ingestion: the readers, their counters, and the dead-letter operations
-/// of the server API. Held by the app state; [`Streams::stop`] ends the readers.
+/// This node's Streams ingestion: the readers and the dead-letter operations of the server API.
+/// Held by the app state; [`Streams::stop`] ends the readers.
 pub struct Streams {
     settings: Arc<StreamSettings>,
     /// For the server API and for releasing blocked readers; the readers read on their own
     /// connections, because a blocking read holds its connection.
     conn: ConnectionManager,
-    /// One per stream, in `settings.streams` order; shared with that stream's reader.
-    counters: Vec<Arc<StreamCounters>>,
     /// Set to `true` once the node shuts down; every reader watches it.
     stop: watch::Sender<bool>,
     /// The reader tasks, taken (and awaited) by [`Streams::stop`].
@@ -160,12 +135,13 @@ pub struct Streams {
 }
 
 impl Streams {
-    /// Starts one reader per stream. Connects lazily: readers retry with backoff until Redis
-    /// answers. Must be called inside the actix system.
+    /// Starts one reader per stream; each counts what it does into `metrics`. Connects lazily:
+    /// readers retry with backoff until Redis answers. Must be called inside the actix system.
     pub fn start(
         client: &redis::Client,
         settings: StreamSettings,
         engine: Arc<dyn Engine>,
+        metrics: Arc<Metrics>,
     ) -> Result<Arc<Streams>, String> {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(COMMAND_DEADLINE))
@@ -176,22 +152,18 @@ impl Streams {
             .map_err(|e| format!("HUB_REDIS_URL: {e}"))?;
         let settings = Arc::new(settings);
         let (stop, _) = watch::channel(false);
-        let counters: Vec<Arc<StreamCounters>> = settings
+        let readers = settings
             .streams
             .iter()
-            .map(|s| Arc::new(StreamCounters::new(s)))
-            .collect();
-        let readers = counters
-            .iter()
-            .map(|counters| {
+            .map(|stream| {
                 let reader = Reader {
-                    stream: counters.stream.clone(),
-                    dlq: dead_letter_stream(&counters.stream),
+                    stream: stream.clone(),
+                    dlq: dead_letter_stream(stream),
                     settings: Arc::clone(&settings),
                     client: client.clone(),
                     control: conn.clone(),
                     engine: Arc::clone(&engine),
-                    counters: Arc::clone(counters),
+                    metrics: Arc::clone(&metrics),
                     stop: stop.subscribe(),
                 };
                 actix::spawn(reader.run())
@@ -204,15 +176,9 @@ impl Streams {
         Ok(Arc::new(Streams {
             settings,
             conn,
-            counters,
             stop,
             readers: Mutex::new(readers),
         }))
-    }
-
-    /// Per-stream counters, in `HUB_STREAMS` order.
-    pub fn counters(&self) -> &[Arc<StreamCounters>] {
-        &self.counters
     }
 
     /// Stops reading; each reader finishes the batch in hand (acknowledging what it
@@ -284,7 +250,8 @@ struct Reader {
     /// The shared connection, used to release this reader's blocking read on stop.
     control: ConnectionManager,
     engine: Arc<dyn Engine>,
-    counters: Arc<StreamCounters>,
+    /// The node's metrics: entries by result, stream publications, pending and lag.
+    metrics: Arc<Metrics>,
     stop: watch::Receiver<bool>,
 }
 
@@ -392,6 +359,7 @@ impl Reader {
                         stream = self.stream.as_str(), error:% = e; "dead consumer check failed"
                     );
                 }
+                self.refresh_figures(&mut link.conn).await;
                 next_maintenance = Instant::now() + period;
             }
             let batch = match &cursor {
@@ -427,7 +395,8 @@ impl Reader {
             }
             match outcome.failed {
                 Some((id, error)) => {
-                    self.counters.retried.fetch_add(1, Ordering::Relaxed);
+                    self.metrics
+                        .stream_entries(&self.stream, StreamResult::Retried, 1);
                     let wait = retry_backoff.next_delay();
                     log::warn!(
                         stream = self.stream.as_str(), entry = id,
@@ -574,21 +543,33 @@ impl Reader {
                 Verdict::Publish(_) if delivered > max => outcome.dead.push(dead(format!(
                     "delivered {delivered} times without being acknowledged"
                 ))),
-                Verdict::Publish(request) => match self.engine.publish(request).await {
-                    Ok(published) => {
-                        if !published.duplicate {
-                            self.counters.published.fetch_add(1, Ordering::Relaxed);
+                Verdict::Publish(request) => {
+                    let channel = request.channel.clone();
+                    match self.engine.publish(request).await {
+                        Ok(published) => {
+                            // Counted when published, not when acknowledged: if the
+                            // acknowledgement fails, the re-read finds a duplicate, which is
+                            // not counted again.
+                            if !published.duplicate {
+                                self.metrics.published(Source::Stream);
+                            }
+                            log::debug!(
+                                stream = self.stream.as_str(), entry = entry.id.as_str(),
+                                channel = channel.as_str(), event_id = published.event_id.as_str(),
+                                offset = published.position.offset, duplicate = published.duplicate;
+                                "published by stream"
+                            );
+                            outcome.acked.push(&entry.id);
                         }
-                        outcome.acked.push(&entry.id);
+                        Err(e) if delivered >= max => outcome.dead.push(dead(format!(
+                            "publish failed on each of {delivered} deliveries, last: {e}"
+                        ))),
+                        Err(e) => {
+                            outcome.failed = Some((&entry.id, e.to_string()));
+                            break;
+                        }
                     }
-                    Err(e) if delivered >= max => outcome.dead.push(dead(format!(
-                        "publish failed on each of {delivered} deliveries, last: {e}"
-                    ))),
-                    Err(e) => {
-                        outcome.failed = Some((&entry.id, e.to_string()));
-                        break;
-                    }
-                },
+                }
             }
         }
         outcome
@@ -634,12 +615,13 @@ impl Reader {
         }
         xack.ignore();
         pipe.query_async::<()>(conn).await?;
-        self.counters
-            .acked
-            .fetch_add(outcome.acked.len() as u64, Ordering::Relaxed);
-        self.counters
-            .dead
-            .fetch_add(outcome.dead.len() as u64, Ordering::Relaxed);
+        self.metrics.stream_entries(
+            &self.stream,
+            StreamResult::Acked,
+            outcome.acked.len() as u64,
+        );
+        self.metrics
+            .stream_entries(&self.stream, StreamResult::Dead, outcome.dead.len() as u64);
         for dead in &outcome.dead {
             // An operator has to look at it (and may replay it): the one ERROR of ingestion.
             log::error!(
@@ -650,6 +632,19 @@ impl Reader {
             );
         }
         Ok(())
+    }
+
+    /// Sets `hub_stream_pending` and `hub_stream_lag` from the figures `/api/info` shows. A
+    /// failure leaves the last figures; the reader's next Redis call notices the outage.
+    async fn refresh_figures(&self, conn: &mut MultiplexedConnection) {
+        match dead_letters::stream_info(conn, &self.stream, &self.settings.group).await {
+            Ok(info) => self
+                .metrics
+                .stream_figures(&self.stream, info.pending, info.lag),
+            Err(e) => log::debug!(
+                stream = self.stream.as_str(), error:% = e; "stream figures not refreshed"
+            ),
+        }
     }
 
     /// Takes over entries pending on any consumer for longer than the claim idle time (a dead
