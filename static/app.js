@@ -148,9 +148,8 @@ function showState(s) {
 
 function retryNow() {
   if (!session) return;
-  // connect() is a no-op while a retry is scheduled, so close and start over.
-  session.hub.close();
-  session.hub.connect();
+  // Skips the rest of the backoff; what is queued (a room being entered, a message) carries over.
+  if (!session.hub.reconnectNow()) session.hub.connect();
 }
 
 // ------------------------------------------------------------------ sign-in

@@ -5,6 +5,9 @@ const DEFAULT_ROOMS = ["chat:lobby", "chat:random", "chat:dev"];
 const HISTORY_LIMIT = 50;
 const MAX_ITEMS = 300; // messages kept on screen per room
 const GROUP_WINDOW_MS = 5 * 60 * 1000; // consecutive messages by one person within this are grouped
+// Failures worth entering the room again for once the hub is back; others (e.g. `forbidden`) wait
+// for the person to click the room again.
+const RETRY_ON_RECONNECT = new Set(["disconnected", "timeout", "unavailable", "internal", "rate_limited", "stopped"]);
 
 export class Chat {
   constructor({ hub, banner }) {
@@ -12,6 +15,8 @@ export class Chat {
     this.banner = banner;
     this.me = null;
     this.room = null;
+    this.joined = false; // whether this.room is entered (history loaded and subscribed)
+    this.failure = null; // the error that kept us out of this.room, if any
     this.enterSeq = 0; // guards against late replies for a room we already left
     this.rooms = [...new Set([...DEFAULT_ROOMS, ...store.get("hub.rooms", [])])];
     this.abort = new AbortController();
@@ -21,6 +26,11 @@ export class Chat {
     this._resetRoomState();
     this._renderRooms();
     this._wireForms();
+    // A room that could not be entered because of the connection is entered again once the hub
+    // welcomes us back.
+    this.offWelcome = hub.on("welcome", () => {
+      if (this.room && !this.joined && this.failure && RETRY_ON_RECONNECT.has(this.failure.code)) this.enter(this.room);
+    });
     this.enter(store.get("hub.room", DEFAULT_ROOMS[0]));
   }
 
@@ -35,6 +45,7 @@ export class Chat {
 
   dispose() {
     this.abort.abort();
+    this.offWelcome();
     this.enterSeq++;
     this.list.replaceChildren();
     this.presenceList.replaceChildren();
@@ -46,6 +57,8 @@ export class Chat {
 
   _renderRooms() {
     const ul = $("room-list");
+    // Keep keyboard focus on the room button it was on: re-rendering must not drop it to <body>.
+    const focused = ul.contains(document.activeElement) ? document.activeElement.dataset.room : null;
     ul.replaceChildren(
       ...this.rooms.map((room) => {
         const button = h(
@@ -58,6 +71,7 @@ export class Chat {
         return h("li", {}, button);
       }),
     );
+    if (focused) [...ul.querySelectorAll("button")].find((b) => b.dataset.room === focused)?.focus();
   }
 
   _wireForms() {
@@ -88,6 +102,16 @@ export class Chat {
       { signal },
     );
 
+    // An error about the typed room name goes away as soon as the name is edited.
+    $("new-room").addEventListener(
+      "input",
+      () => {
+        $("new-room").removeAttribute("aria-invalid");
+        $("new-room-error").textContent = "";
+      },
+      { signal },
+    );
+
     const input = $("message-input");
     $("composer").addEventListener(
       "submit",
@@ -111,21 +135,26 @@ export class Chat {
     input.addEventListener("input", () => autoGrow(input), { signal });
   }
 
-  /** Switches to `room`: leaves the previous one, loads history, subscribes, loads presence. */
+  /**
+   * Switches to `room`: leaves the previous one, loads history, subscribes, loads presence.
+   * For the current room it does nothing, unless entering it failed: then it tries again.
+   */
   async enter(room) {
-    if (room === this.room) return;
+    if (room === this.room && !this.failure) return;
     const previous = this.room;
     this.room = room;
+    this.joined = false;
+    this.failure = null;
     const seq = ++this.enterSeq;
     store.set("hub.room", room);
     this._renderRooms();
     this._resetRoomState();
     $("room-name").textContent = roomLabel(room);
     $("message-input").placeholder = `Message #${roomLabel(room)}`;
-    $("room-meta").textContent = "Loading…";
+    $("room-meta").textContent = this.hub.state === "connected" ? "Loading…" : "Waiting for the hub…";
     this.list.setAttribute("aria-busy", "true");
 
-    if (previous) {
+    if (previous && previous !== room) {
       // Not awaited: leaving must not delay entering, and a failure here changes nothing visible.
       this.hub.unsubscribe(previous).catch(() => {});
     }
@@ -146,12 +175,20 @@ export class Chat {
         onRecoveryFailed: () => seq === this.enterSeq && this._reload(seq),
         onSubscribed: () => seq === this.enterSeq && this._loadPresence(seq),
       });
+      if (seq !== this.enterSeq) return;
+      this.joined = true;
+      this.banner.clear("room");
     } catch (err) {
       if (seq !== this.enterSeq) return;
+      this.failure = err;
       this.list.removeAttribute("aria-busy");
       this._updateEmpty();
-      $("room-meta").textContent = "Not joined";
-      this.banner.show(`Could not enter #${roomLabel(room)}: ${describeError(err)}`);
+      const again = RETRY_ON_RECONNECT.has(err?.code) ? "retrying when the hub is back" : "select the room to try again";
+      $("room-meta").textContent = `Not joined (${again})`;
+      // A dropped connection is already shown (status, connection banner); anything else is news.
+      if (err?.code !== "disconnected" && err?.code !== "stopped") {
+        this.banner.show(`Could not enter #${roomLabel(room)}: ${describeError(err)}`, { kind: "room" });
+      }
     }
   }
 
@@ -307,7 +344,10 @@ export class Chat {
   async _send() {
     const input = $("message-input");
     const text = input.value.trim();
-    if (!text || !this.room) return;
+    // One message at a time: Enter pressed again while the first is still on its way (e.g. queued
+    // until the hub is back) must not send it twice.
+    if (!text || !this.room || this.sending) return;
+    this.sending = true;
     const button = $("send");
     button.disabled = true;
     input.setAttribute("aria-busy", "true");
@@ -319,9 +359,11 @@ export class Chat {
     } catch (err) {
       this.banner.show(`Message not sent: ${describeError(err)}`);
     } finally {
+      this.sending = false;
       button.disabled = false;
       input.removeAttribute("aria-busy");
-      input.focus();
+      // Back to the composer, unless the person has moved on meanwhile (a send can wait for the hub).
+      if (document.activeElement === document.body || document.activeElement === button) input.focus();
     }
   }
 

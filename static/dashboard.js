@@ -7,8 +7,15 @@ const HUB_CHANNEL = "dashboard:hub";
 const DEFAULT_FEEDS = ["dashboard:orders", "dashboard:sensors"];
 const FIGURES = ["connections", "subscriptions", "publications_per_s", "deliveries_per_s"];
 const WINDOW_MS = 120_000;
-const STALE_MS = 5_000; // a node that has not reported for this long is shown as silent
+// A node is shown as silent after missing about three reports (HUB_DASHBOARD_INTERVAL_S sets how
+// often it reports), and never sooner than this.
+const MIN_STALE_MS = 5_000;
 const FEED_MAX = 100;
+const FEED_HISTORY = 20;
+const REPORT_HISTORY = 100;
+// Failures worth trying again by ourselves; the rest (e.g. `forbidden`) are reported and dropped.
+const TRANSIENT = new Set(["disconnected", "timeout", "unavailable", "internal", "rate_limited", "stopped"]);
+const RETRY_MS = 5_000;
 // Series colours are CSS custom properties (--series-1..6 in style.css: Okabe–Ito hues, which stay
 // distinguishable with the common colour-vision deficiencies, tuned per theme), plus a dash
 // pattern per node so that lines differ by more than hue alone.
@@ -21,6 +28,8 @@ export class Dashboard {
     this.banner = banner;
     this.started = false;
     this.visible = false;
+    this.following = new Map(); // channel -> "loading" | "live" | "failed"
+    this.retryTimers = new Map(); // channel -> timer of a scheduled retry
     this.nodes = new Map(); // node -> {color, dash, samples: [{t, ...figures}], latest, seenAt}
     this.feeds = [...new Set([...DEFAULT_FEEDS, ...store.get("hub.feeds", [])])];
     this.paused = false;
@@ -30,6 +39,11 @@ export class Dashboard {
       FIGURES.map((f) => [f, new LineChart($(`chart-${f}`), { windowMs: WINDOW_MS, format: formatNumber, integer: !f.endsWith("_per_s") })]),
     );
     this._wire();
+    // Whatever could not be followed because of the connection is followed again once it is back.
+    this.offWelcome = hub.on("welcome", () => {
+      if (!this.started) return;
+      for (const [channel, state] of this.following) if (state === "failed") this._follow(channel);
+    });
     this._renderFeedChannels();
     $("feed").replaceChildren();
     this._updateFeedEmpty();
@@ -56,10 +70,15 @@ export class Dashboard {
   dispose() {
     this.hide();
     this.abort.abort();
+    this.offWelcome();
+    for (const timer of this.retryTimers.values()) clearTimeout(timer);
+    this.retryTimers.clear();
+    this.following.clear();
     for (const chart of Object.values(this.charts)) chart.dispose();
     $("nodes-body").replaceChildren(placeholderRow());
     $("legend").replaceChildren();
     $("feed").replaceChildren();
+    $("report-interval").replaceChildren("as often as its ", h("code", {}, "HUB_DASHBOARD_INTERVAL_S"), " says");
     this.started = false;
   }
 
@@ -70,6 +89,14 @@ export class Dashboard {
       () => {
         this.paused = !this.paused;
         this._renderPause();
+      },
+      { signal },
+    );
+    $("watch-channel").addEventListener(
+      "input",
+      () => {
+        $("watch-channel").removeAttribute("aria-invalid");
+        $("watch-error").textContent = "";
       },
       { signal },
     );
@@ -92,26 +119,76 @@ export class Dashboard {
         this.feeds.push(name);
         store.set("hub.feeds", this.feeds.filter((f) => !DEFAULT_FEEDS.includes(f)));
         this._renderFeedChannels();
-        if (this.started) this._watch(name);
+        if (this.started) this._follow(name);
       },
       { signal },
     );
   }
 
-  async _start() {
+  _start() {
     this.started = true;
-    // Prefill the charts with what the hub still has, then continue live from exactly there.
+    this._follow(HUB_CHANNEL);
+    for (const channel of this.feeds) this._follow(channel);
+  }
+
+  /**
+   * Follows one channel: prefills from history, then subscribes from exactly that position. After
+   * a failed recovery (missed publications) history is read again. A failure for a passing reason
+   * is retried (at the next welcome, or after RETRY_MS while connected); any other is reported and,
+   * for a feed channel, the channel dropped.
+   */
+  async _follow(channel) {
+    if (this.following.get(channel) === "loading" || this.following.get(channel) === "live") return;
+    clearTimeout(this.retryTimers.get(channel));
+    this.retryTimers.delete(channel);
+    this.following.set(channel, "loading");
+    const isHub = channel === HUB_CHANNEL;
+    const onMessage = isHub ? (msg) => this._onReport(msg) : (msg) => this._onEvent(msg);
     try {
-      const hist = await this.hub.history(HUB_CHANNEL, { limit: 100 });
-      for (const msg of hist.publications) this._onReport(msg);
-      await this.hub.subscribe(HUB_CHANNEL, {
+      const hist = await this._backfill(channel);
+      if (this.following.get(channel) !== "loading") return; // disposed meanwhile
+      await this.hub.subscribe(channel, {
         since: { offset: hist.offset, epoch: hist.epoch },
-        onMessage: (msg) => this._onReport(msg),
+        onMessage,
+        onRecoveryFailed: () => this._backfill(channel).catch((err) => {
+          this.banner.show(`Could not reload ${channel} after missing events: ${describeError(err)}`, { kind: "dashboard" });
+        }),
       });
+      if (this.following.get(channel) !== "loading") return;
+      this.following.set(channel, "live");
     } catch (err) {
-      this.banner.show(`Could not follow ${HUB_CHANNEL}: ${describeError(err)}`);
+      if (this.following.get(channel) !== "loading") return;
+      if (TRANSIENT.has(err?.code)) {
+        this.following.set(channel, "failed");
+        // Without a connection the next welcome retries; with one, try again shortly.
+        this.retryTimers.set(channel, setTimeout(() => {
+          this.retryTimers.delete(channel);
+          if (this.following.get(channel) === "failed" && this.hub.state === "connected") this._follow(channel);
+        }, RETRY_MS));
+        if (err.code !== "disconnected" && err.code !== "stopped") {
+          this.banner.show(`Could not follow ${channel} (trying again): ${describeError(err)}`, { kind: "dashboard" });
+        }
+        return;
+      }
+      this.following.delete(channel);
+      this.banner.show(`Could not ${isHub ? "follow" : "watch"} ${channel}: ${describeError(err)}`, { kind: "dashboard" });
+      if (!isHub) {
+        this.feeds = this.feeds.filter((f) => f !== channel);
+        this._renderFeedChannels();
+      }
     }
-    for (const channel of this.feeds) this._watch(channel);
+  }
+
+  /** Reads a channel's recent history into the charts or the feed; resolves with the reply. */
+  async _backfill(channel) {
+    if (channel === HUB_CHANNEL) {
+      const hist = await this.hub.history(channel, { limit: REPORT_HISTORY });
+      for (const msg of hist.publications) this._onReport(msg);
+      return hist;
+    }
+    const hist = await this.hub.history(channel, { limit: FEED_HISTORY });
+    for (const msg of hist.publications) this._onEvent(msg, { quiet: true });
+    return hist;
   }
 
   // -------------------------------------------------------------- node figures
@@ -129,11 +206,17 @@ export class Dashboard {
     const t = typeof d.ts === "number" ? d.ts : msg.ts;
     const sample = { t };
     for (const f of FIGURES) sample[f] = typeof d[f] === "number" ? d[f] : 0;
-    // Reports come in offset order, but a restarted node's clock may step; keep samples sorted.
-    if (node.samples.length && node.samples.at(-1).t > t) return;
-    node.samples.push(sample);
-    node.latest = sample;
-    node.seenAt = Date.now();
+    // Live reports come in order, but history reloaded after missed ones fills in earlier
+    // samples: insert in time order, once per timestamp.
+    let at = node.samples.length;
+    while (at > 0 && node.samples[at - 1].t > t) at--;
+    if (at > 0 && node.samples[at - 1].t === t) return;
+    node.samples.splice(at, 0, sample);
+    if (at === node.samples.length - 1) {
+      node.latest = sample;
+      node.seenAt = Date.now();
+    }
+    this._noteInterval(node);
     const cutoff = Date.now() - WINDOW_MS - 5_000;
     while (node.samples.length && node.samples[0].t < cutoff) node.samples.shift();
     this._renderTable();
@@ -166,7 +249,18 @@ export class Dashboard {
   }
 
   _isLive(node) {
-    return Date.now() - node.seenAt < STALE_MS;
+    return node.seenAt !== undefined && Date.now() - node.seenAt < Math.max(MIN_STALE_MS, 3 * (node.intervalMs ?? 0));
+  }
+
+  /** How often a node reports (median of its recent gaps), shown in the heading. */
+  _noteInterval(node) {
+    const gaps = [];
+    for (let i = Math.max(1, node.samples.length - 8); i < node.samples.length; i++) gaps.push(node.samples[i].t - node.samples[i - 1].t);
+    if (!gaps.length) return;
+    gaps.sort((a, b) => a - b);
+    node.intervalMs = gaps[Math.floor(gaps.length / 2)];
+    const seconds = Math.max(1, Math.round(node.intervalMs / 1000));
+    $("report-interval").textContent = seconds === 1 ? "every second" : `every ${seconds} seconds`;
   }
 
   _renderTable() {
@@ -193,22 +287,11 @@ export class Dashboard {
 
   // -------------------------------------------------------------- event feed
 
-  async _watch(channel) {
-    try {
-      const hist = await this.hub.history(channel, { limit: 20 });
-      for (const msg of hist.publications) this._onEvent(msg, { quiet: true });
-      await this.hub.subscribe(channel, {
-        since: { offset: hist.offset, epoch: hist.epoch },
-        onMessage: (msg) => this._onEvent(msg),
-      });
-    } catch (err) {
-      this.banner.show(`Could not watch ${channel}: ${describeError(err)}`);
-      this.feeds = this.feeds.filter((f) => f !== channel);
-      this._renderFeedChannels();
-    }
-  }
-
   _onEvent(msg, { quiet = false } = {}) {
+    // History read again after a failed recovery repeats what is already shown.
+    const key = `${msg.channel}/${msg.epoch}/${msg.offset}`;
+    const list = $("feed");
+    if ([...list.children].some((el) => el.dataset.key === key)) return;
     if (this.paused && !quiet) {
       this.missed++;
       this._renderPause();
@@ -237,7 +320,7 @@ export class Dashboard {
     // Newest first, by the hub's publish time: history of several channels and live pushes
     // arrive interleaved, and the feed should not depend on which came back first.
     li.dataset.ts = String(msg.ts ?? Date.now());
-    const list = $("feed");
+    li.dataset.key = key;
     const later = [...list.children].find((el) => Number(el.dataset.ts) < Number(li.dataset.ts));
     list.insertBefore(li, later ?? null);
     while (list.childElementCount > FEED_MAX) list.lastElementChild.remove();
@@ -279,7 +362,11 @@ function legendSample(node) {
 }
 
 function placeholderRow() {
-  return h("tr", { class: "placeholder" }, h("td", { colspan: 6 }, "Waiting for the first report…"));
+  return h(
+    "tr",
+    { class: "placeholder" },
+    h("td", { colspan: 6 }, "Waiting for the first report… (nodes report only while ", h("code", {}, "HUB_DASHBOARD_INTERVAL_S"), " is above 0)"),
+  );
 }
 
 /** `occurred_at` may be Unix ms, Unix seconds or an ISO-8601 string. */

@@ -12,10 +12,13 @@
 /** Default tunables; every one can be overridden through the constructor options. */
 const DEFAULTS = Object.freeze({
   requestTimeoutMs: 10_000,
-  // Reconnect backoff: 0.5 s doubling up to 20 s, with jitter so that a restarted node is not
-  // hit by every browser in the same instant.
+  // Reconnect backoff: 0.5 s doubling up to 20 s, with full jitter (anywhere from 0 to that) so
+  // that a restarted node is not hit by every browser in the same instant.
   minReconnectDelayMs: 500,
   maxReconnectDelayMs: 20_000,
+  // The backoff starts over only once a connection has stayed up this long: a hub that says
+  // `welcome` and then closes at once must not be hammered at the shortest delay forever.
+  stableConnectionMs: 10_000,
   // Fetch a new token this long before the current one expires, then send `refresh`.
   refreshBeforeExpiryMs: 30_000,
   // The server pings at the WebSocket level, which a page cannot see. A cheap application-level
@@ -34,9 +37,15 @@ export class HubError extends Error {
   }
 }
 
-// Close codes that end the session for good: reconnecting would only repeat the same failure
-// (or, for 1000 and 4001, someone decided the connection should end).
-const STOP_CODES = new Set([1000, 1007, 1009, 4001]);
+// Close codes worth reconnecting on: the network or the node, not this client. 1001 going away,
+// 1005 no status, 1006 connection lost, 1011 internal error, 1012 service restart, 1013 try again
+// later, 1014 bad gateway, 4000 slow consumer. Every other code (1000, 1002 protocol error, 1003
+// unsupported data, 1007, 1009, 4001 and any unknown one) stops: reconnecting would only repeat
+// the same failure, or someone decided the connection should end. 1008 is decided by its reason.
+const RECONNECT_CODES = new Set([1001, 1005, 1006, 1011, 1012, 1013, 1014, 4000]);
+// A node that goes away or restarts takes all its clients at once: their first retry is spread
+// over a wider window (this many doublings of minReconnectDelayMs: 0 to 2 s, 0 to 8 s by default).
+const SPREAD_ATTEMPTS = new Map([[1001, 2], [1012, 2], [1013, 4]]);
 // Error codes worth retrying for a resubscribe nobody is awaiting.
 const TRANSIENT_CODES = new Set(["unavailable", "rate_limited", "timeout", "internal"]);
 
@@ -84,21 +93,15 @@ export class HubClient {
     this._pending = new Map(); // id -> {request, resolve, reject, timer}
     this._outbox = []; // requests made while not connected; sent after the next `welcome`
     this._subs = new Map(); // channel -> subscription record
-    this._attempt = 0; // consecutive failed connection attempts, for the backoff
+    this._attempt = 0; // connection attempts since the last stable connection, for the backoff
     this._retriedInvalidToken = false; // one fresh-token retry per "invalid token" streak
     this._retriedExpiredToken = false; // likewise for "token expired"
     this._needFreshToken = true;
     this._tokenReason = undefined; // why the next getToken call happens, passed on to the app
     this._generation = 0; // bumps on every new connection attempt; stale async work checks it
-    this._timers = { reconnect: null, refresh: null, welcome: null, idle: null };
-    this._onOnline = () => {
-      // The browser says the network is back: no point waiting out the backoff.
-      if (this._state === "disconnected" && this._timers.reconnect) {
-        clearTimeout(this._timers.reconnect);
-        this._timers.reconnect = null;
-        this._open();
-      }
-    };
+    this._timers = { reconnect: null, refresh: null, welcome: null, idle: null, stable: null };
+    // The browser says the network is back: no point waiting out the backoff.
+    this._onOnline = () => this.reconnectNow();
   }
 
   // ---------------------------------------------------------------- events
@@ -152,6 +155,18 @@ export class HubClient {
     if (this._state === "stopped") this._needFreshToken = true;
     globalThis.addEventListener?.("online", this._onOnline);
     this._open();
+  }
+
+  /**
+   * While a reconnect is scheduled (state "disconnected"), makes it now instead of waiting out the
+   * backoff; queued requests and subscriptions carry over. Returns whether it did anything.
+   */
+  reconnectNow() {
+    if (this._state !== "disconnected" || !this._timers.reconnect) return false;
+    clearTimeout(this._timers.reconnect);
+    this._timers.reconnect = null;
+    this._open();
+    return true;
   }
 
   /** Closes the connection for good (until connect() is called again). Subscriptions are kept for that. */
@@ -260,12 +275,13 @@ export class HubClient {
       this._stop(details);
       return;
     }
-    if (STOP_CODES.has(code)) {
+    if (!RECONNECT_CODES.has(code)) {
       this._stop(details);
       return;
     }
-    // 1001 going away, 1006 abnormal, 1011 internal error, 4000 slow consumer and anything else:
-    // the network or the node, not us. Reconnect and recover.
+    // The network or the node, not us: reconnect and recover.
+    const spread = SPREAD_ATTEMPTS.get(code);
+    if (spread !== undefined) this._attempt = Math.max(this._attempt, spread);
     this._scheduleReconnect(details);
   }
 
@@ -274,7 +290,8 @@ export class HubClient {
     clearTimeout(this._timers.welcome);
     clearTimeout(this._timers.refresh);
     clearTimeout(this._timers.idle);
-    this._timers.welcome = this._timers.refresh = this._timers.idle = null;
+    clearTimeout(this._timers.stable);
+    this._timers.welcome = this._timers.refresh = this._timers.idle = this._timers.stable = null;
     this._welcome = null;
     for (const [id, p] of this._pending) {
       this._pending.delete(id);
@@ -291,8 +308,9 @@ export class HubClient {
 
   _scheduleReconnect(details, delayOverride) {
     const base = Math.min(this._opts.maxReconnectDelayMs, this._opts.minReconnectDelayMs * 2 ** this._attempt);
-    // "Equal jitter": at least half the backoff, so delays still grow, plus a random rest.
-    const delay = delayOverride ?? Math.round(base / 2 + Math.random() * (base / 2));
+    // "Full jitter": anywhere between 0 and the backoff, so that clients dropped together spread
+    // over the whole window instead of coming back in a burst.
+    const delay = delayOverride ?? Math.round(Math.random() * base);
     this._attempt += 1;
     this._setState("disconnected", { ...details, retryInMs: delay });
     clearTimeout(this._timers.reconnect);
@@ -387,7 +405,13 @@ export class HubClient {
   _onWelcome(ws, frame) {
     clearTimeout(this._timers.welcome);
     this._timers.welcome = null;
-    this._attempt = 0;
+    // The backoff starts over only if this connection lasts (see stableConnectionMs).
+    clearTimeout(this._timers.stable);
+    this._timers.stable = setTimeout(() => {
+      this._timers.stable = null;
+      if (this._ws === ws) this._attempt = 0;
+    }, this._opts.stableConnectionMs);
+    // The token was accepted: a later rejection deserves its one retry again.
     this._retriedInvalidToken = false;
     this._retriedExpiredToken = false;
     this._welcome = frame;
@@ -405,7 +429,7 @@ export class HubClient {
 
   /**
    * Sends one request and resolves with its reply. While disconnected the request waits for the
-   * next connection, within the same timeout.
+   * next connection (or a stop); its timeout runs only from when it is actually sent.
    */
   _request(frame, { timeoutMs = this._opts.requestTimeoutMs } = {}) {
     return new Promise((resolve, reject) => this._call(frame, resolve, reject, timeoutMs));
@@ -420,13 +444,7 @@ export class HubClient {
       reject(new HubError("stopped", "client is stopped; call connect() first", { request: frame }));
       return;
     }
-    const entry = { request: frame, resolve, reject, timer: null };
-    entry.timer = setTimeout(() => {
-      const queued = this._outbox.indexOf(entry);
-      if (queued >= 0) this._outbox.splice(queued, 1);
-      if (entry.id !== undefined) this._pending.delete(entry.id);
-      reject(new HubError("timeout", `no reply to ${frame.type} within ${timeoutMs} ms`, { request: frame }));
-    }, timeoutMs);
+    const entry = { request: frame, resolve, reject, timer: null, timeoutMs };
     if (this._state === "connected" && this._ws) this._dispatch(this._ws, entry);
     else this._outbox.push(entry);
   }
@@ -435,6 +453,12 @@ export class HubClient {
     const id = this._nextId++;
     entry.id = id;
     this._pending.set(id, entry);
+    // The clock starts now, on an open socket: time spent queued while offline does not count.
+    entry.timer = setTimeout(() => {
+      if (this._pending.get(id) !== entry) return;
+      this._pending.delete(id);
+      entry.reject(new HubError("timeout", `no reply to ${entry.request.type} within ${entry.timeoutMs} ms`, { request: entry.request }));
+    }, entry.timeoutMs);
     try {
       this._send(ws, { ...entry.request, id });
     } catch (err) {
@@ -706,11 +730,16 @@ export function describeCode(code) {
   switch (code) {
     case 1000: return "normal closure";
     case 1001: return "going away";
+    case 1002: return "protocol error";
+    case 1003: return "unsupported data";
     case 1005: return "closed without a status";
     case 1006: return "connection lost";
     case 1007: return "invalid utf-8";
     case 1009: return "message too big";
     case 1011: return "internal error";
+    case 1012: return "service restart";
+    case 1013: return "try again later";
+    case 1014: return "bad gateway";
     case 4000: return "slow consumer";
     case 4001: return "disconnected";
     default: return `closed (${code})`;

@@ -1,9 +1,9 @@
 // Two people chat through the real hub in two browser contexts.
-import { after, before, test } from "node:test";
+import { after, afterEach, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { Hub } from "./lib/hub.mjs";
 import { artifact } from "./lib/paths.mjs";
-import { launchBrowser, openPage, signIn, unexpectedProblems } from "./lib/browser.mjs";
+import { endOfTest, launchBrowser, openPage, signIn, unexpectedProblems } from "./lib/browser.mjs";
 
 let hub;
 let chrome;
@@ -12,6 +12,9 @@ before(async () => {
   hub = await Hub.start();
   chrome = await launchBrowser();
 });
+
+// A failed test leaves screenshots of its pages (and what they logged) in the artifacts directory.
+afterEach((t) => endOfTest(t, { hub }));
 
 after(async () => {
   await chrome?.close();
@@ -124,5 +127,20 @@ test("the page is usable with the keyboard alone", { timeout: 30_000 }, async ()
   await dave.getByLabel("Message", { exact: true }).focus();
   await dave.keyboard.press("Tab");
   assert.equal(await dave.evaluate(() => document.activeElement.id), "send");
+  // Rooms switch with Tab and Enter, and focus stays on the room just chosen (so that the next
+  // Tab goes on from there instead of starting over at the top of the page).
+  await dave.locator("#room-list button").first().focus();
+  await dave.keyboard.press("Tab");
+  const focusedRoom = () => dave.evaluate(() => document.activeElement.dataset.room ?? document.activeElement.tagName);
+  assert.equal(await focusedRoom(), "chat:random");
+  await dave.keyboard.press("Enter");
+  await dave.locator("#room-name", { hasText: "random" }).waitFor();
+  assert.equal(await dave.locator('#room-list [aria-current="true"]').textContent(), "#random");
+  assert.equal(await focusedRoom(), "chat:random");
+  await dave.keyboard.press("Shift+Tab");
+  await dave.keyboard.press("Space");
+  await dave.locator("#room-name", { hasText: "lobby" }).waitFor();
+  assert.equal(await focusedRoom(), "chat:lobby");
+  await dave.locator("#room-meta", { hasText: "1 person here" }).waitFor();
   assert.deepEqual(unexpectedProblems(dave), []);
 });

@@ -1,10 +1,10 @@
 // The live dashboard follows the hub's own figures and the domain-event channels.
-import { after, before, test } from "node:test";
+import { after, afterEach, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { setTimeout as sleep } from "node:timers/promises";
 import { Hub } from "./lib/hub.mjs";
 import { artifact } from "./lib/paths.mjs";
-import { launchBrowser, openPage, signIn, unexpectedProblems } from "./lib/browser.mjs";
+import { REFUSED, endOfTest, launchBrowser, openPage, signIn, unexpectedProblems } from "./lib/browser.mjs";
 
 let hub;
 let chrome;
@@ -13,6 +13,9 @@ before(async () => {
   hub = await Hub.start();
   chrome = await launchBrowser();
 });
+
+// A failed test leaves screenshots of its pages (and what they logged) in the artifacts directory.
+afterEach((t) => endOfTest(t, { hub }));
 
 after(async () => {
   await chrome?.close();
@@ -138,4 +141,31 @@ test("domain events from dashboard channels appear in the live feed", { timeout:
   await page.locator('#feed li[data-channel="dashboard:payments"]', { hasText: "payment.captured" }).waitFor();
 
   assert.deepEqual(unexpectedProblems(page), []);
+});
+
+test("after a hub restart the feed reloads the events it could not recover", { timeout: 60_000 }, async () => {
+  const page = await openPage(chrome.browser, hub.url, { hash: "#dashboard" });
+  await signIn(page, "ops3");
+  await hub.publish("dashboard:orders", { event_type: "order.placed", aggregate_id: "order-before" }, { event_type: "order.placed" });
+  const feedItem = (aggregate) => page.locator('#feed li[data-channel="dashboard:orders"]', { hasText: aggregate });
+  await feedItem("order-before").waitFor();
+
+  // The page is kept offline while the hub restarts (its memory engine loses the channel's
+  // history: a new epoch) and an event is published, so that it can only learn of that event by
+  // reloading history when its resubscribe answers recovered:false.
+  await page.context().setOffline(true);
+  await hub.kill();
+  await page.locator('#status[data-state="disconnected"]').waitFor();
+  await hub.start();
+  await hub.publish("dashboard:orders", { event_type: "order.placed", aggregate_id: "order-missed" }, { event_type: "order.placed" });
+  await page.context().setOffline(false); // the "online" event reconnects at once
+  await page.locator('#status[data-state="connected"]').waitFor({ timeout: 30_000 });
+  await feedItem("order-missed").waitFor({ timeout: 10_000 });
+
+  // Live events flow again, and nothing is shown twice.
+  await hub.publish("dashboard:orders", { event_type: "order.placed", aggregate_id: "order-live" }, { event_type: "order.placed" });
+  await feedItem("order-live").waitFor();
+  for (const aggregate of ["order-before", "order-missed", "order-live"]) assert.equal(await feedItem(aggregate).count(), 1, aggregate);
+  // While offline the browser reports its requests as failing for that reason; nothing else.
+  assert.deepEqual(unexpectedProblems(page, new RegExp(`${REFUSED.source}|net::ERR_INTERNET_DISCONNECTED`)), []);
 });

@@ -219,24 +219,34 @@ test("a refused subscribe rejects with the hub's error and is forgotten", async 
   assert.deepEqual(client.channels, []);
 });
 
-for (const [code, reason] of [[1001, "going away"], [1006, ""], [1011, "internal error"], [4000, "slow consumer"], [1012, ""]]) {
+// [code, reason, the first backoff's ceiling with minReconnectDelayMs 10 and maxReconnectDelayMs 80]:
+// a node going away (1001) or restarting (1012) drops all its clients at once, so their first
+// retry is spread wider (4 × the minimum); "try again later" (1013) waits longer still.
+for (const [code, reason, ceiling] of [
+  [1001, "going away", 40], [1005, "", 10], [1006, "", 10], [1011, "internal error", 10], [4000, "slow consumer", 10],
+  [1012, "", 40], [1013, "", 80], [1014, "", 10],
+]) {
   test(`close ${code} ${reason || "(no reason)"}: reconnects with the same token`, async (t) => {
     const { hub, client, states, tokenCalls } = setup();
     t.after(() => client.close());
+    t.mock.method(Math, "random", () => 0.999); // the top of the jitter range
     client.connect();
     const ws = await connected(hub, client);
     ws.serverClose(code, reason);
     const s = states.at(-1);
     assert.equal(s.state, "disconnected");
     assert.equal(s.code, code);
-    assert.ok(s.retryInMs >= 5 && s.retryInMs <= 10, `first backoff within [5, 10] ms, got ${s.retryInMs}`);
+    assert.equal(s.retryInMs, ceiling, `first backoff ceiling ${ceiling} ms, got ${s.retryInMs}`);
     const ws2 = await connected(hub, client, 1);
     assert.equal(ws2.token, "token-1");
     assert.deepEqual(tokenCalls, ["connect"]);
   });
 }
 
-for (const [code, reason] of [[1000, ""], [1007, "invalid utf-8"], [1009, "message too big"], [4001, "disconnected"], [1008, "connection limit"], [1008, "origin not allowed"]]) {
+for (const [code, reason] of [
+  [1000, ""], [1002, ""], [1003, ""], [1007, "invalid utf-8"], [1009, "message too big"], [4001, "disconnected"],
+  [1008, "connection limit"], [1008, "origin not allowed"], [4002, ""], [4999, "something new"], [3000, ""],
+]) {
   test(`close ${code} ${reason || "(no reason)"}: stops and says why`, async (t) => {
     const { hub, client, states } = setup();
     t.after(() => client.close());
@@ -292,17 +302,105 @@ test("close 1008 invalid token after a successful reconnect is retried again", a
   assert.equal(ws.token, "token-3");
 });
 
-test("backoff grows exponentially with jitter up to the maximum, and resets after welcome", async (t) => {
-  const { hub, client, states } = setup();
+test("backoff grows exponentially with full jitter up to the maximum, and resets after a stable connection", async (t) => {
+  const { hub, client, states } = setup({ stableConnectionMs: 60 });
   t.after(() => client.close());
   client.connect();
   for (let i = 0; i < 6; i++) (await hub.socket(i)).serverClose(1006);
   const delays = states.filter((s) => s.state === "disconnected").map((s) => s.retryInMs);
   const bases = [10, 20, 40, 80, 80, 80];
-  delays.forEach((d, i) => assert.ok(d >= bases[i] / 2 && d <= bases[i], `delay #${i} ${d} within [${bases[i] / 2}, ${bases[i]}]`));
+  delays.forEach((d, i) => assert.ok(d >= 0 && d <= bases[i], `delay #${i} ${d} within [0, ${bases[i]}]`));
   const ws = await connected(hub, client, 6);
+  await new Promise((r) => setTimeout(r, 100)); // longer than stableConnectionMs
+  t.mock.method(Math, "random", () => 0.999);
   ws.serverClose(1006);
-  assert.ok(states.at(-1).retryInMs <= 10);
+  assert.equal(states.at(-1).retryInMs, 10, "back to the first step");
+});
+
+test("full jitter: the delay is anywhere from 0 to the backoff step", async (t) => {
+  const { hub, client, states } = setup({ minReconnectDelayMs: 100, maxReconnectDelayMs: 100 });
+  t.after(() => client.close());
+  let r = 0;
+  t.mock.method(Math, "random", () => r);
+  client.connect();
+  const seen = [];
+  for (const [i, value] of [0, 0.25, 0.5, 0.999].entries()) {
+    r = value;
+    (await hub.socket(i)).serverClose(1006);
+    seen.push(states.at(-1).retryInMs);
+  }
+  assert.deepEqual(seen, [0, 25, 50, 100]);
+});
+
+test("a hub that welcomes and closes at once is not hammered: the backoff keeps growing", async (t) => {
+  const { hub, client, states } = setup({ stableConnectionMs: 10_000 });
+  t.after(() => client.close());
+  t.mock.method(Math, "random", () => 0.999);
+  client.connect();
+  for (let i = 0; i < 5; i++) {
+    const ws = await connected(hub, client, i);
+    ws.serverClose(1011, "internal error");
+  }
+  const delays = states.filter((s) => s.state === "disconnected").map((s) => s.retryInMs);
+  assert.deepEqual(delays, [10, 20, 40, 80, 80]);
+  await hub.socket(5);
+  const attempts = states.filter((s) => s.state === "connecting").map((s) => s.attempt);
+  assert.deepEqual(attempts, [0, 1, 2, 3, 4, 5]);
+});
+
+test("a request made while offline waits for the connection; its timeout starts once it is sent", async (t) => {
+  const hub = new FakeHub();
+  let release;
+  const tokens = [async () => "tok-1", () => new Promise((resolve) => (release = resolve))];
+  const client = new HubClient({
+    url: "ws://hub.test/ws", WebSocket: hub.WebSocket, idlePingMs: 0, requestTimeoutMs: 100, minReconnectDelayMs: 1,
+    getToken: async () => tokens.shift()(),
+  });
+  t.after(() => client.close());
+  client.connect();
+  let ws = await connected(hub, client);
+  // The hub goes away for good measure with an "invalid token" restart: the client needs a new
+  // token, and the token endpoint (on the same hub) does not answer for a while.
+  ws.serverClose(1008, "invalid token");
+  let settled = null;
+  const hist = client.history("chat:lobby", { limit: 5 });
+  hist.then((v) => (settled = { v }), (e) => (settled = { e }));
+  const pub = client.publish("chat:lobby", { text: "typed while offline" });
+  pub.catch(() => {});
+  await new Promise((r) => setTimeout(r, 350)); // over three request timeouts
+  assert.equal(settled, null, `still waiting, not ${settled?.e?.code ?? "resolved"}`);
+  release("tok-2");
+  ws = await connected(hub, client, 1);
+  const h = await hub.request(ws, "history");
+  const p = await hub.request(ws, "publish");
+  assert.equal(p.data.text, "typed while offline");
+  ws.push({ type: "history", id: h.id, channel: "chat:lobby", offset: 7, epoch: "A", publications: [] });
+  assert.equal((await hist).offset, 7);
+  // Once sent, the usual timeout applies.
+  await assert.rejects(pub, { code: "timeout" });
+});
+
+test("reconnectNow skips the backoff and keeps what is queued; close() rejects it", async (t) => {
+  const { hub, client, states } = setup({ minReconnectDelayMs: 60_000, maxReconnectDelayMs: 60_000 });
+  t.after(() => client.close());
+  t.mock.method(Math, "random", () => 0.5);
+  client.connect();
+  assert.equal(client.reconnectNow(), false, "nothing scheduled while connecting");
+  let ws = await connected(hub, client);
+  assert.equal(client.reconnectNow(), false, "nothing to do while connected");
+  ws.serverClose(1006);
+  assert.equal(states.at(-1).retryInMs, 30_000);
+  const ping = client.ping();
+  assert.equal(client.reconnectNow(), true);
+  ws = await connected(hub, client, 1);
+  const req = await hub.request(ws, "ping");
+  ws.push({ type: "pong", id: req.id });
+  assert.equal(typeof (await ping), "number");
+
+  ws.serverClose(1006);
+  const queued = client.ping();
+  client.close();
+  await assert.rejects(queued, { code: "stopped" });
 });
 
 test("a getToken that throws is retried with backoff; one that gives nothing stops the client", async (t) => {

@@ -1,9 +1,9 @@
 // A page whose hub goes away comes back by itself and shows what was published meanwhile.
-import { after, before, test } from "node:test";
+import { after, afterEach, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { Hub } from "./lib/hub.mjs";
 import { artifact } from "./lib/paths.mjs";
-import { REFUSED, launchBrowser, openPage, signIn, unexpectedProblems } from "./lib/browser.mjs";
+import { REFUSED, endOfTest, launchBrowser, openPage, signIn, unexpectedProblems } from "./lib/browser.mjs";
 
 let hub;
 let chrome;
@@ -12,6 +12,9 @@ before(async () => {
   hub = await Hub.start();
   chrome = await launchBrowser();
 });
+
+// A failed test leaves screenshots of its pages (and what they logged) in the artifacts directory.
+afterEach((t) => endOfTest(t, { hub }));
 
 after(async () => {
   await chrome?.close();
@@ -88,4 +91,49 @@ test("a session disconnected through the server API stops, says so, and can reco
   await hub.publish("chat:lobby", { text: "hello again mallory" });
   await message(page, "hello again mallory").waitFor();
   assert.deepEqual(unexpectedProblems(page), []);
+});
+
+test("a room, a message and the dashboard asked for while the hub is down all work once it is back", { timeout: 90_000 }, async () => {
+  const page = await openPage(chrome.browser, hub.url);
+  await signIn(page, "olga");
+  await page.locator("#room-meta", { hasText: "1 person here" }).waitFor();
+
+  await hub.kill();
+  await page.locator('#status[data-state="disconnected"]').waitFor();
+  // During the outage: switch rooms, send a message, open the dashboard (which subscribes on first show).
+  await page.getByRole("button", { name: "random", exact: true }).click();
+  await page.locator("#room-name", { hasText: "random" }).waitFor();
+  await page.getByLabel("Message", { exact: true }).fill("typed while offline");
+  await page.keyboard.press("Enter");
+  await page.getByRole("tab", { name: "Live dashboard" }).click();
+  // Longer than the client's 10 s request timeout: time spent queued offline must not count.
+  await page.waitForTimeout(11_000);
+  assert.doesNotMatch(await page.locator("#banner").textContent(), /Could not|not sent/);
+  assert.notEqual(await page.locator("#status").getAttribute("data-state"), "connected");
+
+  await hub.start();
+  // Skip the rest of the backoff, as a person would: "Retry now" must keep what is queued.
+  const retry = page.getByRole("button", { name: "Retry now" });
+  if (await retry.isVisible()) await retry.click();
+  await page.locator('#status[data-state="connected"]').waitFor({ timeout: 30_000 });
+
+  // The dashboard follows the hub's figures and its event feed.
+  await page.locator("#nodes-body tr[data-node]").first().waitFor({ timeout: 10_000 });
+  const info = await hub.api("GET", "/api/info");
+  assert.equal(await page.locator("#nodes-body tr[data-node]").first().getAttribute("data-node"), info.nodes[0].node);
+  // Whenever it is published, history-then-subscribe-from-there shows it exactly once.
+  await hub.publish("dashboard:orders", { event_type: "order.placed", aggregate_id: "order-after-outage" }, { event_type: "order.placed" });
+  const order = page.locator('#feed li[data-channel="dashboard:orders"]', { hasText: "order-after-outage" });
+  await order.waitFor();
+
+  // The room entered offline is joined: the queued message went out once, live pushes arrive.
+  await page.getByRole("tab", { name: "Chat" }).click();
+  await message(page, "typed while offline").waitFor();
+  await hub.publish("chat:random", { text: "published after the outage" }, { event_type: "chat.message" });
+  await message(page, "published after the outage").waitFor();
+  await page.locator("#room-meta", { hasText: "1 person here" }).waitFor();
+  const hist = await hub.api("GET", "/api/history/chat:random");
+  assert.deepEqual(hist.publications.map((p) => p.data.text), ["typed while offline", "published after the outage"]);
+  assert.equal(await message(page, "typed while offline").count(), 1);
+  assert.deepEqual(unexpectedProblems(page, REFUSED), []);
 });

@@ -1,9 +1,9 @@
 // A hub outside development mode has no /dev/token: the page asks for a token to paste.
-import { after, before, test } from "node:test";
+import { after, afterEach, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { Hub, hubBinary } from "./lib/hub.mjs";
-import { launchBrowser, openPage, unexpectedProblems } from "./lib/browser.mjs";
+import { endOfTest, launchBrowser, openPage, unexpectedProblems } from "./lib/browser.mjs";
 
 const SECRET = "browser-tests-secret-0123456789abcdef";
 // The page's probe of /dev/token gets a 404, which Chromium logs as a failed resource load.
@@ -16,6 +16,9 @@ before(async () => {
   hub = await Hub.start({ env: { HUB_JWT_SECRET: SECRET } });
   chrome = await launchBrowser();
 });
+
+// A failed test leaves screenshots of its pages (and what they logged) in the artifacts directory.
+afterEach((t) => endOfTest(t, { hub }));
 
 after(async () => {
   await chrome?.close();

@@ -1,5 +1,7 @@
 // Headless Chromium (Debian's, not a Playwright download) and helpers to drive the demo page.
+import { writeFileSync } from "node:fs";
 import { chromium } from "playwright-core";
+import { artifact } from "./paths.mjs";
 
 export const CHROMIUM = process.env.CHROMIUM_PATH || "/usr/bin/chromium";
 
@@ -39,8 +41,36 @@ export async function openPage(browser, baseUrl, { hash = "", viewport = { width
   });
   page.on("pageerror", (err) => problems.push(`page error: ${err.message}`));
   page.problems = problems;
+  openPages.add(page);
   await page.goto(`${baseUrl}/${hash}`);
   return page;
+}
+
+// Pages opened by the running test, for endOfTest().
+const openPages = new Set();
+
+/**
+ * For afterEach: when the test failed (an assertion, an exception or its timeout), saves a
+ * screenshot of every page it opened, the errors those pages logged and the hub's recent output
+ * into the artifacts directory as `failed-<test>-<n>.png` / `.txt`; then closes the pages'
+ * contexts, so that the next test starts with no other page connected.
+ */
+export async function endOfTest(t, { hub } = {}) {
+  const pages = [...openPages];
+  openPages.clear();
+  // `passed` is false for a failed test; older runners without it are treated as passed.
+  if (t.passed === false) {
+    const slug = t.name.replace(/[^A-Za-z0-9]+/g, "-").replace(/^-|-$/g, "").slice(0, 60).toLowerCase();
+    const notes = [`test: ${t.name}`, `error: ${t.error?.stack ?? t.error}`];
+    for (const [i, page] of pages.entries()) {
+      const path = artifact(`failed-${slug}-${i + 1}.png`);
+      await page.screenshot({ path, fullPage: true, timeout: 5_000 }).catch((err) => notes.push(`screenshot ${i + 1}: ${err.message}`));
+      notes.push(`page ${i + 1} (${page.url()}) problems:`, ...page.problems.map((p) => `  ${p}`));
+    }
+    if (hub) notes.push("hub output:", hub.output());
+    writeFileSync(artifact(`failed-${slug}.txt`), `${notes.join("\n")}\n`);
+  }
+  await Promise.all(pages.map((page) => page.context().close().catch(() => {})));
 }
 
 /** Signs in with a name (development mode) and waits until the hub has welcomed the page. */
@@ -50,8 +80,12 @@ export async function signIn(page, name) {
   await page.locator('#status[data-state="connected"]').waitFor();
 }
 
-/** The console errors a page logs while the hub is down: refused connections and nothing else. */
-export const REFUSED = /ERR_CONNECTION_REFUSED|WebSocket connection to .* failed/;
+/**
+ * The console errors a page logs while the hub is down: connections refused (nothing listens on
+ * the port) or reset (the process died mid-handshake), for the WebSocket and the token fetch.
+ * Not a handshake answered with an HTTP error, nor anything else.
+ */
+export const REFUSED = /net::ERR_CONNECTION_(REFUSED|RESET)\b/;
 
 /** Fails with the list of unexpected console and page errors, if any. */
 export function unexpectedProblems(page, allowed = null) {
