@@ -29,9 +29,16 @@ pub struct Common {
     )]
     pub url: Vec<String>,
 
-    /// HTTP base URL of the hub's server API, used for publishing.
-    #[arg(long, global = true, default_value = "http://127.0.0.1:8000")]
-    pub http: String,
+    /// HTTP base URL of the hub's server API, used for publishing. Several, comma-separated,
+    /// spread the publishing connections round-robin over several nodes (connection k goes to
+    /// URL k mod their number); `/metrics` is read from the first.
+    #[arg(
+        long,
+        global = true,
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:8000"
+    )]
+    pub http: Vec<String>,
 
     /// HS256 secret the clients' tokens are signed with (the hub's `HUB_JWT_SECRET`).
     #[arg(long, global = true, env = "HUB_JWT_SECRET", hide_env_values = true)]
@@ -91,6 +98,13 @@ pub struct Common {
     /// Do not print the readable table of the result to stderr (the JSON lines stay).
     #[arg(long, global = true)]
     pub no_table: bool,
+
+    /// Exit with status 1 (after printing the result) when the run shows a correctness
+    /// failure: a message lost, duplicated or out of order for a subscriber the hub did not
+    /// close as a slow consumer, a connection that failed its setup or was dropped, or (for
+    /// `ingest`) entries left unacknowledged. Speed figures never fail a run. For CI smokes.
+    #[arg(long, global = true)]
+    pub fail_on_loss: bool,
 }
 
 /// The scenarios.
@@ -106,6 +120,9 @@ pub enum Command {
     /// Publish beyond capacity with some deliberately slow subscribers: hub memory stays
     /// bounded, slow ones get 4000, fast ones keep receiving.
     Overload(OverloadArgs),
+    /// A burst of entries appended to the hub's Redis stream (pipelined XADD) while M
+    /// subscribers receive: append, delivery and acknowledgement rates, exact loss, order.
+    Ingest(IngestArgs),
 }
 
 #[derive(Debug, Args)]
@@ -221,4 +238,62 @@ pub struct OverloadArgs {
     /// Unset: the kernel's default with autotuning.
     #[arg(long)]
     pub slow_rcvbuf: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+pub struct IngestArgs {
+    /// Stream entries to append.
+    #[arg(long, default_value_t = 100_000)]
+    pub entries: u64,
+    /// Number of subscribers on the target channel.
+    #[arg(long, default_value_t = 10)]
+    pub subs: usize,
+    /// Redis the hub consumes from.
+    #[arg(
+        long,
+        env = "HUB_REDIS_URL",
+        hide_env_values = true,
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    pub redis_url: String,
+    /// The stream to append to (one of the hub's `HUB_STREAMS`).
+    #[arg(long, default_value = "hub:events")]
+    pub stream: String,
+    /// The hub's consumer group (`HUB_STREAM_GROUP`), whose acknowledgements are watched.
+    #[arg(long, default_value = "hub")]
+    pub group: String,
+    /// Wait this long for the group to appear (a hub that just started creates it).
+    #[arg(long, default_value_t = 10.0)]
+    pub wait_group_s: f64,
+    /// XADD commands per pipeline (one write, one round trip).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub batch: u64,
+    /// Pipelines in flight at once on the one connection.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub in_flight: u64,
+    /// Size in bytes of each entry's `data` JSON (sequence number, send timestamp, padding).
+    #[arg(long, default_value_t = 100)]
+    pub payload: usize,
+    /// Give every entry an `event_id` (`lg-<run>-<seq>`); without it the hub's idempotency key
+    /// is `<stream>/<entry id>`.
+    #[arg(long)]
+    pub event_id: bool,
+    /// Channel the entries go to; a unique one per run by default.
+    #[arg(long)]
+    pub channel: Option<String>,
+    /// After the last append, wait at most this long for deliveries and acknowledgements.
+    #[arg(long, default_value_t = 30.0)]
+    pub drain_s: f64,
+    /// How often the group's acknowledgements are read (XINFO GROUPS, XPENDING), in ms.
+    #[arg(long, default_value_t = 10)]
+    pub ack_poll_ms: u64,
+    /// Delete this run's entries from the stream (XDEL) once they are all acknowledged.
+    #[arg(long)]
+    pub delete_after: bool,
+    /// How subscribers parse pushes.
+    #[arg(long, value_enum, default_value_t = ParseMode::Scan)]
+    pub parse: ParseMode,
+    /// Hub RSS sampling period in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    pub rss_interval_ms: u64,
 }

@@ -78,6 +78,8 @@ pub struct Progress {
 pub struct ClientReport {
     pub index: usize,
     pub setup: Result<SetupTimes, String>,
+    /// The hub node its `welcome` named.
+    pub node: Option<String>,
     pub tally: Tally,
     pub end: End,
 }
@@ -262,6 +264,7 @@ impl Fleet {
                 Err(e) => reports.push(ClientReport {
                     index,
                     setup: Err(format!("task failed: {e}")),
+                    node: None,
                     tally: Tally::new(0, ParseMode::Scan, 1),
                     end: End::Error(format!("task failed: {e}")),
                 }),
@@ -292,10 +295,10 @@ impl Client {
         let mut tally = Tally::new(self.plan.expected, self.plan.parse, sigfig);
         let setup = self.setup(&mut tally).await;
         let _ = self.setup_tx.send(SetupEvent {
-            outcome: setup.as_ref().map(|(_, t)| *t).map_err(SetupError::kind),
+            outcome: setup.as_ref().map(|(_, t, _)| *t).map_err(SetupError::kind),
         });
-        let (end, setup) = match setup {
-            Ok((mut ws, times)) => {
+        let (end, setup, node) = match setup {
+            Ok((mut ws, times, node)) => {
                 let phases = Phases {
                     watch: self.phase.clone(),
                     now: &self.phase_now,
@@ -309,22 +312,27 @@ impl Client {
                 )
                 .await;
                 if matches!(end, End::Stopped) {
-                    let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(1), close_politely(&mut ws)).await;
                 }
-                (end, Ok(times))
+                (end, Ok(times), node)
             }
-            Err(e) => (End::NotConnected, Err(e.kind())),
+            Err(e) => (End::NotConnected, Err(e.kind()), None),
         };
         self.progress.ended.store(true, Ordering::Relaxed);
         ClientReport {
             index: self.index,
             setup,
+            node,
             tally,
             end,
         }
     }
 
-    async fn setup(&self, tally: &mut Tally) -> Result<(Ws, SetupTimes), SetupError> {
+    async fn setup(
+        &self,
+        tally: &mut Tally,
+    ) -> Result<(Ws, SetupTimes, Option<String>), SetupError> {
         let _slot = self
             .slots
             .acquire()
@@ -353,7 +361,7 @@ impl Client {
             times.subscribed_at = Some(self.started.elapsed());
             times.subscribe_rtt = Some(sent.elapsed());
         }
-        Ok((session.ws, times))
+        Ok((session.ws, times, session.node))
     }
 }
 
@@ -400,6 +408,30 @@ async fn receive(
         };
         if let Some(end) = handle(msg, tally, progress, &mut clock) {
             return end;
+        }
+    }
+}
+
+/// Closes with 1000 and, as a client should, waits for the hub's close frame (or the end of
+/// the stream) before the socket is dropped. Dropping it right after our close frame makes
+/// the close frame and the FIN arrive together, and actix-web-actors then reports the
+/// connection's end as a protocol error (the hub logs and counts 1002) instead of our 1000.
+async fn close_politely(ws: &mut Ws) {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    let frame = CloseFrame {
+        code: CloseCode::Normal,
+        reason: "".into(),
+    };
+    if ws.close(Some(frame)).await.is_err() {
+        return;
+    }
+    // Pushes still in flight come first, then the hub's echo of our close. Once that is here
+    // the hub has our close frame, and we need not wait for its FIN (which it sends ~0.7 s
+    // later).
+    while let Some(Ok(msg)) = ws.next().await {
+        if msg.is_close() {
+            break;
         }
     }
 }

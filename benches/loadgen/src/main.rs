@@ -1,10 +1,12 @@
 //! `hub-loadgen`: the load generator of realtime-hub.
 //!
-//! Simulates many WebSocket users and an HTTP publisher against a running hub and measures
-//! what the hub promises: connection setup time (`connect`), memory per idle connection
-//! (`idle`), fan-out throughput, latency and exact loss (`fanout`), and bounded memory with
-//! slow consumers cut off (`overload`). Every step and result is one JSON line on stdout; the
-//! final result is also shown as a table on stderr. `docs/benchmarks.md` has the commands and
+//! Simulates many WebSocket users and an HTTP (or Redis stream) publisher against a running hub
+//! and measures what the hub promises: connection setup time (`connect`), memory per idle
+//! connection (`idle`), fan-out throughput, latency and exact loss (`fanout`, on one node or
+//! several), bounded memory with slow consumers cut off (`overload`), and Redis Streams
+//! ingestion (`ingest`). Every step and result is one JSON line on stdout; the final result is
+//! also shown as a table on stderr. With `--fail-on-loss` a run that lost, duplicated or
+//! reordered a message exits with status 1. `docs/benchmarks.md` has the commands and
 //! the numbers measured with them.
 //!
 //! Layout:
@@ -14,7 +16,8 @@
 //! - `fleet`: the client tasks (setup, reading modes, phases) and their coordinator.
 //! - `ws`: one WebSocket connection (source-address binding, welcome, subscribe, close codes).
 //! - `publisher`: paced publishing and the set of acknowledged publications; `http`: the
-//!   minimal HTTP/1.1 client it uses.
+//!   minimal HTTP/1.1 client it uses; `stream`: the Redis stream producer of `ingest` and its
+//!   acknowledgement watcher.
 //! - `frame`: the benchmark payload and the cheap push parser; `stats`: bitsets, offset
 //!   checks, histograms; `token`: HS256 tokens; `procfs`: RSS and CPU of the hub and of us;
 //!   `report`: output.
@@ -34,6 +37,7 @@ mod publisher;
 mod report;
 mod scenario;
 mod stats;
+mod stream;
 mod token;
 mod ws;
 

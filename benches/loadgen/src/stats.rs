@@ -143,6 +143,11 @@ pub struct Tally {
     /// Text frames that were not benchmark pushes.
     pub other_frames: u64,
     pub offsets: OffsetCheck,
+    /// New pushes whose sequence number is below the highest one received before: an order
+    /// check for runs whose publications reach the hub in sequence order (one stream
+    /// producer), meaningless for parallel HTTP publishers.
+    pub seq_behind: u64,
+    max_seq: Option<u64>,
     /// Publish-to-receipt latency; `None` when the scenario publishes nothing.
     pub latency: Option<Histogram<u64>>,
     /// Unix µs of the first and last benchmark push.
@@ -164,6 +169,8 @@ impl Tally {
             out_of_range: 0,
             other_frames: 0,
             offsets: OffsetCheck::default(),
+            seq_behind: 0,
+            max_seq: None,
             latency: (expected > 0).then(|| latency_histogram(sigfig)),
             first_us: 0,
             last_us: 0,
@@ -204,6 +211,10 @@ impl Tally {
             }
         }
         self.unique += 1;
+        match self.max_seq {
+            Some(max) if push.seq < max => self.seq_behind += 1,
+            _ => self.max_seq = Some(push.seq),
+        }
         if self.first_us == 0 {
             self.first_us = now_us;
         }
@@ -254,6 +265,7 @@ mod tests {
         assert_eq!((t.unique, t.duplicates), (3, 1));
         assert_eq!((t.offsets.gaps, t.offsets.skipped), (1, 1));
         assert_eq!(t.offsets.regressions, 2);
+        assert_eq!(t.seq_behind, 1);
         let mut expected = SeqSet::new(10);
         (0..10).for_each(|i| {
             expected.insert(i);

@@ -123,10 +123,20 @@ impl Connector {
             tokio_tungstenite::client_async_with_config(url, stream, Some(self.config))
                 .await
                 .map_err(|e| SetupError::Handshake(short_ws_error(&e)))?;
-        let mut session = Session { ws, next_id: 1 };
+        let mut session = Session {
+            ws,
+            next_id: 1,
+            node: None,
+        };
         let welcome = session.next_json().await?;
         match welcome.get("type").and_then(Value::as_str) {
-            Some("welcome") => Ok(session),
+            Some("welcome") => {
+                session.node = welcome
+                    .get("node")
+                    .and_then(Value::as_str)
+                    .map(str::to_string);
+                Ok(session)
+            }
             _ => Err(SetupError::Protocol(format!(
                 "first frame is not a welcome: {}",
                 clip(&welcome.to_string())
@@ -139,6 +149,8 @@ impl Connector {
 pub struct Session {
     pub ws: Ws,
     next_id: u64,
+    /// The `node` its `welcome` named: which hub node serves this connection.
+    pub node: Option<String>,
 }
 
 impl Session {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use serde_json::json;
 
-use super::{mem_json, Ctx};
+use super::{mem_json, setup_problems, Ctx};
 use crate::cli::{ConnectArgs, ParseMode};
 use crate::fleet::{Fleet, Phase, Plan, Reading};
 use crate::procfs::{mib, Snapshot};
@@ -52,6 +52,7 @@ pub async fn run(ctx: &Ctx, args: &ConnectArgs) -> Result<()> {
         )),
         _ => None,
     };
+    let problems = setup_problems(&setup, &dropped);
     ctx.report.result(json!({
         "n": args.n,
         "setup": setup_json,
@@ -64,6 +65,7 @@ pub async fn run(ctx: &Ctx, args: &ConnectArgs) -> Result<()> {
             _ => None,
         },
         "hub_rss_per_conn_kib": rss_per_conn_kib,
+        "problems": problems,
     }));
-    Ok(())
+    ctx.verdict(&problems)
 }

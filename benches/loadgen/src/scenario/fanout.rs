@@ -4,14 +4,21 @@
 //! Sequence: connect and subscribe everyone, publish, wait (bounded) until every subscriber
 //! has every acknowledged publication, then compare each subscriber's bitset with the
 //! publisher's.
+//!
+//! Several `--url`s spread the subscribers round-robin over several nodes (the Redis engine
+//! case); every subscriber's loss and order are checked wherever it is connected, and the
+//! result's `nodes` breaks the accounting down by the node each `welcome` named.
+
+use std::collections::BTreeMap;
 
 use anyhow::{bail, Result};
-use serde_json::json;
+use serde_json::{json, Value};
 
 use super::{fresh_channel, mem_json, per_s, publish_and_drain, schedule, Ctx, Deliveries};
 use crate::cli::FanoutArgs;
-use crate::fleet::{Fleet, Plan, Reading};
+use crate::fleet::{ClientReport, Fleet, Plan, Reading};
 use crate::procfs::mib;
+use crate::publisher::PublishOutcome;
 use crate::report::round3;
 use crate::stats;
 
@@ -52,6 +59,14 @@ pub async fn run(ctx: &Ctx, args: &FanoutArgs) -> Result<()> {
     let publish_s = m.outcome.elapsed.as_secs_f64();
     // From the first publication to the last delivery anywhere.
     let window_s = d.last_us.saturating_sub(m.start_us) as f64 / 1e6;
+    let nodes = by_node(ctx, &reports, &m.outcome);
+    let mut problems = d.problems("subscribers", true);
+    if !m.drained {
+        problems.push(format!(
+            "not every subscriber had every publication after {:.1} s of drain",
+            m.drain_s
+        ));
+    }
     let own_cpu = match (m.after.own, m.before.own) {
         (Some((_, a)), Some((_, b))) => Some(a - b),
         _ => None,
@@ -79,6 +94,51 @@ pub async fn run(ctx: &Ctx, args: &FanoutArgs) -> Result<()> {
         "mem_before": mem_json(&m.before),
         "mem_published": mem_json(&m.published),
         "hub_rss_max_mib": (m.rss_samples > 0).then(|| mib(m.max_rss_kib)),
+        "nodes": nodes,
+        "problems": problems,
     }));
-    Ok(())
+    ctx.verdict(&problems)
+}
+
+/// The accounting per hub node: the `--url` each subscriber used, and the node id its
+/// `welcome` named (one URL is one node, unless a balancer sits in front).
+fn by_node(ctx: &Ctx, reports: &[ClientReport], outcome: &PublishOutcome) -> Value {
+    let urls = &ctx.common.url;
+    let mut groups: BTreeMap<(usize, String), Vec<&ClientReport>> = BTreeMap::new();
+    for r in reports {
+        let node = r.node.clone().unwrap_or_else(|| "?".into());
+        groups
+            .entry((r.index % urls.len(), node))
+            .or_default()
+            .push(r);
+    }
+    let mut nodes = serde_json::Map::new();
+    for ((url, node), rs) in groups {
+        let d = Deliveries::count(
+            rs.iter().copied(),
+            &outcome.accepted,
+            &outcome.unknown,
+            ctx.common.hist_sigfig,
+        );
+        let all = d.to_json();
+        let entry = json!({
+            "url": urls[url],
+            "subscribers": rs.len(),
+            "connected": d.connected(),
+            "received": d.received(),
+            "lost": all["lost"],
+            "duplicates": all["duplicates"],
+            "offset_gaps": all["offset_gaps"],
+            "offset_regressions": all["offset_regressions"],
+            "latency_ms": stats::summary_ms(&d.latency),
+        });
+        // One node reached through two URLs gets two entries.
+        let key = if nodes.contains_key(&node) {
+            format!("{node} (url {url})")
+        } else {
+            node
+        };
+        nodes.insert(key, entry);
+    }
+    Value::Object(nodes)
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use serde_json::json;
 
-use super::{fresh_channel, mem_json, Ctx};
+use super::{fresh_channel, mem_json, setup_problems, Ctx};
 use crate::cli::{IdleArgs, ParseMode};
 use crate::fleet::{Fleet, Phase, Plan, Reading};
 use crate::procfs::{mib, Snapshot};
@@ -79,6 +79,13 @@ pub async fn run(ctx: &Ctx, args: &IdleArgs) -> Result<()> {
     };
     let hub_rss = |s: &Snapshot| s.hub_rss_kib();
     let own_rss = |s: &Snapshot| s.own.map(|(m, _)| m.rss_kib);
+    let mut problems = setup_problems(&setup, &dropped);
+    if setup.subscribed < setup.connected {
+        problems.push(format!(
+            "{} connections were welcomed but not subscribed",
+            setup.connected - setup.subscribed
+        ));
+    }
     ctx.report.result(json!({
         "n": args.n,
         "channels": channels,
@@ -96,6 +103,7 @@ pub async fn run(ctx: &Ctx, args: &IdleArgs) -> Result<()> {
             "after_close": per_conn(&closed, hub_rss),
         },
         "loadgen_rss_per_conn_kib": per_conn(&held, own_rss),
+        "problems": problems,
     }));
-    Ok(())
+    ctx.verdict(&problems)
 }

@@ -4,16 +4,19 @@
 //! A scenario is a module with `run(&Ctx, &Args) -> Result<()>` that emits its steps and one
 //! result through `ctx.report`, plus a variant of [`crate::cli::Command`]. The building blocks
 //! are meant to be recombined: a multi-node (Redis engine) run is `fanout` with several
-//! `--url`s (clients are already spread round-robin over them), and a stream-ingest run hands
-//! [`publish_and_drain`] lanes of another [`Publisher`] in place of [`HttpPublisher`].
+//! `--url`s (clients are spread round-robin over them, and the result is broken down by the
+//! node each client's `welcome` named). `ingest` has its own producer (pipelined XADD in a
+//! burst, which a per-publication [`Publisher`] cannot express) but the same fleet, ticker and
+//! accounting.
 
 mod connect;
 mod fanout;
 mod idle;
+mod ingest;
 mod overload;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -24,7 +27,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::cli::{Cli, Command, Common, PublishArgs};
-use crate::fleet::{ClientReport, Fleet, FleetConfig, Phase, Progress};
+use crate::fleet::{ClientReport, Fleet, FleetConfig, Phase, Progress, SetupSummary};
 use crate::frame;
 use crate::http::HttpClient;
 use crate::procfs::{self, mib, RssSampler, Snapshot};
@@ -51,6 +54,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Idle(_) => "idle",
         Command::Fanout(_) => "fanout",
         Command::Overload(_) => "overload",
+        Command::Ingest(_) => "ingest",
     };
     let ctx = Ctx::new(cli.common, name).await?;
     match &cli.command {
@@ -58,6 +62,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Idle(args) => idle::run(&ctx, args).await,
         Command::Fanout(args) => fanout::run(&ctx, args).await,
         Command::Overload(args) => overload::run(&ctx, args).await,
+        Command::Ingest(args) => ingest::run(&ctx, args).await,
     }
 }
 
@@ -115,7 +120,28 @@ impl Ctx {
         }
     }
 
-    /// The HTTP publishing lanes.
+    /// Ends the run on the correctness `problems` found (see `--fail-on-loss`): always said on
+    /// stderr, an error only with the flag.
+    pub fn verdict(&self, problems: &[String]) -> Result<()> {
+        if problems.is_empty() {
+            return Ok(());
+        }
+        eprintln!("hub-loadgen: problems: {}", problems.join("; "));
+        if self.common.fail_on_loss {
+            bail!("--fail-on-loss: {}", problems.join("; "));
+        }
+        Ok(())
+    }
+
+    /// The first `--http` URL: where `/metrics` is read.
+    pub fn http_base(&self) -> &str {
+        self.common
+            .http
+            .first()
+            .map_or("http://127.0.0.1:8000", String::as_str)
+    }
+
+    /// The HTTP publishing lanes, round-robin over the `--http` URLs.
     pub async fn http_lanes(&self, args: &PublishArgs) -> Result<Vec<HttpPublisher>> {
         let key = self
             .common
@@ -124,8 +150,12 @@ impl Ctx {
             .context("no --api-key (or HUB_API_KEY): publishing uses the server API")?;
         let timeout = Duration::from_secs_f64(args.publish_timeout_s.max(0.001));
         let mut lanes = Vec::new();
-        for _ in 0..args.http_conns.max(1) {
-            lanes.push(HttpPublisher::new(&self.common.http, key, timeout).await?);
+        if self.common.http.is_empty() {
+            bail!("no --http given");
+        }
+        for k in 0..args.http_conns.max(1) {
+            let base = &self.common.http[k % self.common.http.len()];
+            lanes.push(HttpPublisher::new(base, key, timeout).await?);
         }
         Ok(lanes)
     }
@@ -179,7 +209,7 @@ pub async fn publish_and_drain<P: Publisher>(
         ctx.hub_pid,
         Duration::from_millis(args.rss_interval_ms.max(1)),
     );
-    let ticker = Ticker::start(ctx.report, groups, progress.clone(), &sampler);
+    let ticker = Ticker::start(ctx.report, groups, progress.clone(), Vec::new(), &sampler);
     let lag = LoopLag::start(ctx.common.hist_sigfig);
     let before = Snapshot::take(ctx.hub_pid);
     fleet.set_phase(Phase::Run);
@@ -262,7 +292,8 @@ pub fn mem_json(s: &Snapshot) -> Value {
 }
 
 /// Prints a `tick` line every second: per group of clients, distinct pushes received in the
-/// last second and how many clients received any; the publisher's count; the hub's RSS.
+/// last second and how many clients received any; the publisher's count; each of `counters`
+/// (its increase in the last second); the hub's RSS.
 pub struct Ticker {
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
@@ -273,6 +304,7 @@ impl Ticker {
         report: Reporter,
         groups: Vec<(&'static str, Vec<Arc<Progress>>)>,
         published: Arc<PublishProgress>,
+        counters: Vec<(&'static str, Arc<AtomicU64>)>,
         rss: &RssSampler,
     ) -> Self {
         let (stop, mut stopped) = oneshot::channel::<()>();
@@ -280,6 +312,7 @@ impl Ticker {
         let task = tokio::spawn(async move {
             let mut last: Vec<Vec<u64>> = groups.iter().map(|(_, g)| vec![0; g.len()]).collect();
             let mut last_published = 0;
+            let mut last_counters = vec![0; counters.len()];
             let mut every = tokio::time::interval(Duration::from_secs(1));
             every.tick().await; // the first tick is immediate
             loop {
@@ -302,6 +335,11 @@ impl Ticker {
                 let published_now = published.accepted.load(Ordering::Relaxed);
                 fields.insert("published".into(), json!(published_now - last_published));
                 last_published = published_now;
+                for ((name, counter), prev) in counters.iter().zip(&mut last_counters) {
+                    let now = counter.load(Ordering::Relaxed);
+                    fields.insert((*name).into(), json!(now.saturating_sub(*prev)));
+                    *prev = now;
+                }
                 let kib = rss.load(Ordering::Relaxed);
                 fields.insert("hub_rss_mib".into(), json!((kib > 0).then(|| mib(kib))));
                 report.tick(Value::Object(fields));
@@ -390,7 +428,9 @@ pub struct Deliveries {
     offset_regressions: u64,
     min_received: u64,
     max_received: u64,
-    /// Unix µs of the last delivery to any of these clients.
+    seq_behind: u64,
+    /// Unix µs of the first and the last delivery to any of these clients (0: none).
+    pub first_us: u64,
     pub last_us: u64,
     pub latency: Histogram<u64>,
     ends: BTreeMap<String, u64>,
@@ -425,6 +465,8 @@ impl Deliveries {
             offset_regressions: 0,
             min_received: u64::MAX,
             max_received: 0,
+            seq_behind: 0,
+            first_us: 0,
             last_us: 0,
             latency: stats::latency_histogram(sigfig),
             ends: BTreeMap::new(),
@@ -456,6 +498,10 @@ impl Deliveries {
             d.offset_regressions += t.offsets.regressions;
             d.min_received = d.min_received.min(t.unique);
             d.max_received = d.max_received.max(t.unique);
+            d.seq_behind += t.seq_behind;
+            if t.first_us > 0 && (d.first_us == 0 || t.first_us < d.first_us) {
+                d.first_us = t.first_us;
+            }
             d.last_us = d.last_us.max(t.last_us);
             if let Some(h) = &t.latency {
                 let _ = d.latency.add(h);
@@ -469,6 +515,44 @@ impl Deliveries {
 
     pub fn received(&self) -> u64 {
         self.received
+    }
+
+    pub fn connected(&self) -> usize {
+        self.connected
+    }
+
+    /// New pushes whose sequence number was below one received earlier (see
+    /// [`stats::Tally::seq_behind`]).
+    pub fn seq_behind(&self) -> u64 {
+        self.seq_behind
+    }
+
+    /// Correctness failures among these clients, each as a short text; `lossless: false`
+    /// leaves out loss (for clients the hub closed on purpose, whose missing messages are the
+    /// point). Duplicates, offset gaps and regressions, and deliveries of something never
+    /// published, are failures for every client.
+    pub fn problems(&self, who: &str, lossless: bool) -> Vec<String> {
+        let mut p = Vec::new();
+        let mut say = |n: u64, what: &str| {
+            if n > 0 {
+                p.push(format!("{who}: {n} {what}"));
+            }
+        };
+        if lossless {
+            say(self.lost, "lost");
+        }
+        say(self.duplicates, "duplicates");
+        say(self.offset_gaps, "offset gaps");
+        say(self.offset_regressions, "offset regressions");
+        say(
+            self.received_never_published,
+            "received but never published",
+        );
+        say(
+            (self.clients - self.connected) as u64,
+            "clients failed their setup",
+        );
+        p
     }
 
     pub fn to_json(&self) -> Value {
@@ -530,6 +614,19 @@ pub async fn hub_metrics(http_base: &str, names: &[&str]) -> BTreeMap<String, f6
         }
     }
     found
+}
+
+/// Setup failures and connections the hub ended while they were held, as problems.
+pub fn setup_problems(setup: &SetupSummary, dropped: &BTreeMap<String, u64>) -> Vec<String> {
+    let mut p = Vec::new();
+    let failed = setup.n - setup.connected.min(setup.n);
+    if failed > 0 {
+        p.push(format!("{failed} connections failed: {:?}", setup.failures));
+    }
+    for (how, n) in dropped {
+        p.push(format!("{n} connections {how} while held"));
+    }
+    p
 }
 
 /// `x` per second over `secs`, rounded.

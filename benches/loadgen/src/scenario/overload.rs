@@ -70,7 +70,7 @@ pub async fn run(ctx: &Ctx, args: &OverloadArgs) -> Result<()> {
         bail!("no subscriber got through setup: {:?}", setup.failures);
     }
 
-    let metrics_before = hub_metrics(&ctx.common.http, METRICS).await;
+    let metrics_before = hub_metrics(ctx.http_base(), METRICS).await;
     let split = |slow: bool| {
         fleet
             .progress
@@ -84,7 +84,7 @@ pub async fn run(ctx: &Ctx, args: &OverloadArgs) -> Result<()> {
     let measured = publish_and_drain(ctx, &fleet, schedule.clone(), lanes, groups, p).await;
     let reports = fleet.finish().await;
     let m = measured?;
-    let metrics_after = hub_metrics(&ctx.common.http, METRICS).await;
+    let metrics_after = hub_metrics(ctx.http_base(), METRICS).await;
 
     let sigfig = ctx.common.hist_sigfig;
     let (slow, fast): (Vec<&ClientReport>, Vec<&ClientReport>) =
@@ -92,6 +92,27 @@ pub async fn run(ctx: &Ctx, args: &OverloadArgs) -> Result<()> {
     let accepted = &m.outcome.accepted;
     let fast_d = Deliveries::count(fast.iter().copied(), accepted, &m.outcome.unknown, sigfig);
     let slow_d = Deliveries::count(slow.iter().copied(), accepted, &m.outcome.unknown, sigfig);
+    // Slow clients the hub did not close as slow consumers must have lost nothing either.
+    let slow_kept: Vec<&ClientReport> = slow
+        .iter()
+        .copied()
+        .filter(|r| r.end.close_code() != Some(SLOW_CONSUMER))
+        .collect();
+    let slow_kept_d = Deliveries::count(
+        slow_kept.iter().copied(),
+        accepted,
+        &m.outcome.unknown,
+        sigfig,
+    );
+    let mut problems = fast_d.problems("fast", true);
+    problems.extend(slow_d.problems("slow", false));
+    problems.extend(slow_kept_d.problems("slow, not closed with 4000", true));
+    if !m.drained {
+        problems.push(format!(
+            "not every subscriber had every publication (or was closed) after {:.1} s of drain",
+            m.drain_s
+        ));
+    }
     let closed_4000 = |rs: &[&ClientReport]| {
         rs.iter()
             .filter(|r| r.end.close_code() == Some(SLOW_CONSUMER))
@@ -174,6 +195,7 @@ pub async fn run(ctx: &Ctx, args: &OverloadArgs) -> Result<()> {
             "deliveries": metric_delta("hub_deliveries_total"),
         },
         "first_publication_unix_us": m.start_us,
+        "problems": problems,
     }));
-    Ok(())
+    ctx.verdict(&problems)
 }
