@@ -1,12 +1,16 @@
-//! What an operator sees: `/metrics` moving under a scripted workload, JSON logs that carry
-//! node, client, user, channel and event_id as fields, and no secret in any log line.
+//! What an operator sees: `/metrics` moving under a scripted workload (memory and Redis nodes,
+//! Streams ingestion included), JSON logs that carry node, client, user, channel and event_id as
+//! fields, and no secret or token in any log line, at any level, in either format.
 mod common;
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::*;
+use futures_util::StreamExt;
+use realtime_hub::engine::redis::Keys;
 use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
 
 /// The value of one sample line (`name{labels} value`) of a Prometheus exposition.
 fn sample(text: &str, series: &str) -> f64 {
@@ -27,6 +31,19 @@ async fn scrape(app: &TestApp) -> String {
     assert_eq!(res.status().as_u16(), 200);
     let body = res.body().limit(1 << 20).await.expect("body");
     String::from_utf8(body.to_vec()).expect("utf-8")
+}
+
+/// A memory-engine node, whatever `HUB_TEST_ENGINE` says.
+fn spawn_memory_node() -> TestApp {
+    spawn_app_args(&[
+        "realtime-hub",
+        "--bind",
+        "127.0.0.1:0",
+        "--jwt-secret",
+        SECRET,
+        "--api-key",
+        API_KEY,
+    ])
 }
 
 /// Connections, subscriptions, publications by source, deliveries, latency, errors, refused
@@ -111,77 +128,302 @@ async fn metrics_follow_a_scripted_workload() {
     .await;
 }
 
-/// With `HUB_LOG_FORMAT=json`, every line is a JSON object with the node; one `event_id` can
-/// be followed from its arrival to its fan-out; no token, secret or API key is ever logged.
+/// A node without Redis shows no Redis metrics: the "Redis down" alert cannot fire on it.
 #[actix_rt::test]
-async fn json_logs_follow_one_event_and_never_leak_secrets() {
-    let port = free_port();
-    let mut hub = Command::new(env!("CARGO_BIN_EXE_realtime-hub"))
-        .env_clear()
-        .env("HUB_BIND", format!("127.0.0.1:{port}"))
-        .env("HUB_JWT_SECRET", SECRET)
-        .env("HUB_API_KEY", API_KEY)
-        .env("HUB_NODE_ID", "log-node")
-        .env("HUB_LOG_FORMAT", "json")
-        .env("RUST_LOG", "trace")
-        .env("HUB_STATIC_DIR", "static")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start the hub");
-    let stderr = hub.stderr.take().expect("stderr");
-    let lines = std::thread::spawn(move || {
-        BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-            .collect::<Vec<String>>()
-    });
-    let base = format!("127.0.0.1:{port}");
-    eventually("the hub listens", || async {
-        std::net::TcpStream::connect(&base).is_ok()
+async fn a_node_without_redis_shows_no_redis_metrics() {
+    let app = spawn_memory_node();
+    let m = scrape(&app).await;
+    assert!(m.contains("hub_connections "), "{m}");
+    assert!(!m.contains("hub_redis_"), "{m}");
+}
+
+/// Makes the engine's publish of `event_id` in `channel` fail until [`repair`]: its dedup key
+/// becomes a list, so the publish script fails with WRONGTYPE (a passing failure).
+fn break_publish(conn: &mut redis::Connection, channel: &str, event_id: &str) {
+    let _: i64 = redis::cmd("RPUSH")
+        .arg(Keys::new("hub").dedup(channel, event_id))
+        .arg("not a dedup entry")
+        .query(conn)
+        .expect("RPUSH");
+}
+
+fn repair(conn: &mut redis::Connection, channel: &str, event_id: &str) {
+    let _: i64 = redis::cmd("DEL")
+        .arg(Keys::new("hub").dedup(channel, event_id))
+        .query(conn)
+        .expect("DEL");
+}
+
+fn xadd(conn: &mut redis::Connection, stream: &str, fields: &[(&str, &str)]) -> String {
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(stream).arg("*");
+    for (k, v) in fields {
+        cmd.arg(*k).arg(*v);
+    }
+    cmd.query(conn).expect("XADD")
+}
+
+fn redis_conn(redis: &RedisServer) -> redis::Connection {
+    redis::Client::open(redis.url())
+        .and_then(|c| c.get_connection())
+        .expect("a connection to the test redis")
+}
+
+/// Stream entries move `hub_stream_entries_total` by result (acked, retried, dead), each new
+/// publication from a stream moves `hub_publications_total{source="stream"}` (a duplicate
+/// `event_id` does not), and the stream's pending and lag are shown.
+#[actix_rt::test]
+async fn stream_ingestion_moves_the_stream_metrics() {
+    let redis = RedisServer::start();
+    let stream = "o1:events";
+    let node = spawn_node(
+        &redis,
+        "a",
+        &[
+            "--streams",
+            stream,
+            "--stream-max-deliveries",
+            "100",
+            "--stream-claim-idle-ms",
+            "1000",
+        ],
+    );
+    let mut conn = redis_conn(&redis);
+    let mut c = Client::connect(&node, "u").await;
+    c.subscribe("o:c").await;
+    let series = |result: &str| {
+        format!("hub_stream_entries_total{{stream=\"{stream}\",result=\"{result}\"}} ")
+    };
+
+    xadd(
+        &mut conn,
+        stream,
+        &[("channel", "o:c"), ("data", r#"{"n":1}"#)],
+    );
+    xadd(&mut conn, stream, &[("data", r#"{"n":"no channel"}"#)]);
+    assert_eq!(c.next_of("message").await["data"]["n"], 1);
+    break_publish(&mut conn, "o:c", "ev-2");
+    xadd(
+        &mut conn,
+        stream,
+        &[
+            ("channel", "o:c"),
+            ("event_id", "ev-2"),
+            ("data", r#"{"n":2}"#),
+        ],
+    );
+    eventually("the failing publish is counted as retried", || {
+        let node = &node;
+        let retried = series("retried");
+        async move { sample(&scrape(node).await, &retried) >= 1.0 }
     })
     .await;
+    repair(&mut conn, "o:c", "ev-2");
+    assert_eq!(c.next_of("message").await["data"]["n"], 2);
+    // The same event again: acknowledged as a duplicate, not a new publication.
+    xadd(
+        &mut conn,
+        stream,
+        &[
+            ("channel", "o:c"),
+            ("event_id", "ev-2"),
+            ("data", r#"{"n":2}"#),
+        ],
+    );
 
-    let t = token("tracer");
-    let mut ws = open(&format!("ws://{base}/ws?token={t}")).await;
-    use futures_util::{SinkExt, StreamExt};
-    let _welcome = ws.next().await;
-    for frame in [
-        json!({"type": "subscribe", "id": 1, "channel": "trace"}),
-        json!({"type": "publish", "id": 2, "channel": "trace", "data": 1, "event_id": "evt-trace-1"}),
-    ] {
-        ws.send(tokio_tungstenite::tungstenite::Message::text(
-            frame.to_string(),
-        ))
-        .await
-        .expect("send");
+    eventually("every entry is counted", || {
+        let node = &node;
+        let (acked, dead) = (series("acked"), series("dead"));
+        async move {
+            let m = scrape(node).await;
+            sample(&m, &acked) == 3.0
+                && sample(&m, &dead) == 1.0
+                && sample(&m, "hub_publications_total{source=\"stream\"} ") == 2.0
+                && m.contains(&format!("hub_stream_pending{{stream=\"{stream}\"}} 0"))
+                && m.contains(&format!("hub_stream_lag{{stream=\"{stream}\"}} 0"))
+        }
+    })
+    .await;
+    let m = scrape(&node).await;
+    assert_eq!(sample(&m, "hub_publications_total{source=\"api\"} "), 0.0);
+    assert_eq!(sample(&m, "hub_deliveries_total "), 2.0);
+}
+
+/// `hub_redis_up` is 1 while Redis answers and 0 while it is stopped; once it is back, the
+/// link is re-established and `hub_redis_reconnects_total` has moved.
+#[actix_rt::test]
+async fn the_redis_metrics_follow_the_link_to_redis() {
+    let mut redis = RedisServer::start();
+    let node = spawn_node(&redis, "a", &["--streams", ""]);
+    eventually("redis is seen up", || {
+        let node = &node;
+        async move { scrape(node).await.contains("hub_redis_up 1") }
+    })
+    .await;
+    assert!(scrape(&node).await.contains("hub_redis_reconnects_total 0"));
+
+    redis.kill();
+    eventually("redis is seen down", || {
+        let node = &node;
+        async move { scrape(node).await.contains("hub_redis_up 0") }
+    })
+    .await;
+    redis.restart();
+    eventually("redis is seen up again, after a reconnect", || {
+        let node = &node;
+        async move {
+            let m = scrape(node).await;
+            sample(&m, "hub_redis_up ") == 1.0 && sample(&m, "hub_redis_reconnects_total ") >= 1.0
+        }
+    })
+    .await;
+}
+
+/// The dashboard's `publications_per_s` counts publications that came from a stream.
+#[actix_rt::test]
+async fn the_dashboard_counts_stream_publications() {
+    let redis = RedisServer::start();
+    let stream = "o2:events";
+    let node = spawn_node(
+        &redis,
+        "a",
+        &["--streams", stream, "--dashboard-interval-s", "1"],
+    );
+    let mut conn = redis_conn(&redis);
+    let mut c = Client::connect(&node, "u").await;
+    c.subscribe("dashboard:hub").await;
+    for n in 1..=5 {
+        let data = json!({ "n": n }).to_string();
+        xadd(&mut conn, stream, &[("channel", "o:c"), ("data", &data)]);
     }
-    let mut got_message = false;
-    while let Ok(Some(Ok(m))) = tokio::time::timeout(WAIT, ws.next()).await {
-        if m.to_text().is_ok_and(|t| t.contains("\"message\"")) {
-            got_message = true;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let m = c
+            .next_of_within("message", Duration::from_secs(3))
+            .await
+            .expect("a dashboard snapshot");
+        if m["data"]["publications_per_s"].as_f64() > Some(0.0) {
             break;
         }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no snapshot counted the stream publications: {m}"
+        );
     }
-    assert!(got_message);
-    let _ = http()
-        .post(format!("http://{base}/api/publish"))
-        .insert_header(("X-API-Key", API_KEY))
-        .send_body(r#"{"channel":"trace","data":2,"event_id":"evt-trace-2"}"#)
-        .await;
-    drop(ws);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let _ = Command::new("kill")
-        .args(["-TERM", &hub.id().to_string()])
-        .status();
-    let _ = hub.wait();
-    let lines = lines.join().expect("log reader");
+}
 
-    let records: Vec<Value> = lines
+// ---- Logs ----
+
+/// The real binary as a subprocess logging everything (`RUST_LOG=trace`) in `format`; its
+/// standard error is collected until [`LoggedHub::stop`]. Dropping it SIGKILLs it.
+struct LoggedHub {
+    child: Child,
+    base: String,
+    /// The thread reading standard error to its end; taken by `stop`.
+    lines: Option<std::thread::JoinHandle<Vec<String>>>,
+}
+
+impl LoggedHub {
+    async fn start(format: &str, extra: &[(&str, &str)]) -> LoggedHub {
+        let base = format!("127.0.0.1:{}", free_port());
+        let mut child = Command::new(env!("CARGO_BIN_EXE_realtime-hub"))
+            .env_clear()
+            .env("HUB_BIND", &base)
+            .env("HUB_JWT_SECRET", SECRET)
+            .env("HUB_API_KEY", API_KEY)
+            .env("HUB_NODE_ID", "log-node")
+            .env("HUB_LOG_FORMAT", format)
+            .env("HUB_SHUTDOWN_TIMEOUT_S", "2")
+            .env("RUST_LOG", "trace")
+            .env("HUB_STATIC_DIR", "static")
+            .envs(extra.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the hub");
+        let stderr = child.stderr.take().expect("stderr");
+        let lines = std::thread::spawn(move || {
+            BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+                .collect::<Vec<String>>()
+        });
+        let hub = LoggedHub {
+            child,
+            base,
+            lines: Some(lines),
+        };
+        let ready = format!("http://{}/ready", hub.base);
+        eventually("the hub is ready", || {
+            let ready = ready.clone();
+            async move { matches!(http().get(ready).send().await, Ok(res) if res.status() == 200) }
+        })
+        .await;
+        hub
+    }
+
+    fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.base)
+    }
+
+    fn http(&self, path: &str) -> String {
+        format!("http://{}{path}", self.base)
+    }
+
+    /// Stops it with SIGTERM (its drain logs too) and returns every line it wrote.
+    fn stop(mut self) -> Vec<String> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+        self.lines
+            .take()
+            .map(|l| l.join().expect("log reader"))
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for LoggedHub {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn parse_json_lines(lines: &[String]) -> Vec<Value> {
+    assert!(!lines.is_empty(), "the hub logged nothing");
+    lines
         .iter()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect();
-    assert!(!records.is_empty());
+        .collect()
+}
+
+/// With `HUB_LOG_FORMAT=json`, every line is a JSON object with the node; one client
+/// publication's `event_id` can be followed from its arrival to its fan-out, and an API one's.
+#[actix_rt::test]
+async fn json_logs_follow_one_event_from_arrival_to_fan_out() {
+    let hub = LoggedHub::start("json", &[]).await;
+    let mut c = Client::connect_url(&hub.ws_url(), &token("tracer")).await;
+    c.subscribe("trace").await;
+    let r = c
+        .request(
+            json!({"type": "publish", "channel": "trace", "data": 1, "event_id": "evt-trace-1"}),
+        )
+        .await;
+    assert_eq!(r["type"], "published", "{r}");
+    c.next_of("message").await;
+    let res = http()
+        .post(hub.http("/api/publish"))
+        .insert_header(("X-API-Key", API_KEY))
+        .send_body(r#"{"channel":"trace","data":2,"event_id":"evt-trace-2"}"#)
+        .await
+        .expect("publish");
+    assert_eq!(res.status().as_u16(), 200);
+    c.next_of("message").await;
+    drop(c);
+    let records = parse_json_lines(&hub.stop());
+
     assert!(records
         .iter()
         .all(|r| r["node"] == "log-node" && r["level"].is_string() && r["msg"].is_string()));
@@ -204,16 +446,197 @@ async fn json_logs_follow_one_event_and_never_leak_secrets() {
     assert!(records
         .iter()
         .any(|r| r["client"].is_string() && r["user"] == "tracer" && r["msg"] == "connected"));
-    for line in &lines {
-        for secret in [SECRET, API_KEY, t.as_str()] {
+}
+
+/// A stream entry's `event_id` can be followed in the JSON logs from its arrival (stream,
+/// entry id, channel) to its fan-out.
+#[actix_rt::test]
+async fn json_logs_follow_a_stream_event_from_arrival_to_fan_out() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let hub = LoggedHub::start(
+        "json",
+        &[
+            ("HUB_REDIS_URL", url.as_str()),
+            ("HUB_STREAMS", "o3:events"),
+        ],
+    )
+    .await;
+    let mut c = Client::connect_url(&hub.ws_url(), &token("tracer")).await;
+    c.subscribe("trace").await;
+    let mut conn = redis_conn(&redis);
+    let entry = xadd(
+        &mut conn,
+        "o3:events",
+        &[
+            ("channel", "trace"),
+            ("event_id", "evt-stream-1"),
+            ("data", "1"),
+        ],
+    );
+    assert_eq!(c.next_of("message").await["event_id"], "evt-stream-1");
+    drop(c);
+    let records = parse_json_lines(&hub.stop());
+
+    let arrival = records
+        .iter()
+        .find(|r| r["event_id"] == "evt-stream-1" && r["msg"] == "published by stream")
+        .expect("the stream publication is logged");
+    assert_eq!(
+        (&arrival["stream"], &arrival["entry"], &arrival["channel"]),
+        (&json!("o3:events"), &json!(entry), &json!("trace"))
+    );
+    let fanout = records
+        .iter()
+        .find(|r| r["event_id"] == "evt-stream-1" && r["msg"] == "fanned out")
+        .expect("the fan-out is logged");
+    assert_eq!(fanout["deliveries"], 1);
+}
+
+/// Presents every credential the hub receives, accepted and refused: `?token=` (valid, garbage,
+/// badly signed), `Authorization: Bearer` (valid, badly signed), `refresh` frames (valid, badly
+/// signed, malformed), and the API key (right and wrong). Returns each credential used.
+async fn present_every_credential(hub: &LoggedHub) -> Vec<String> {
+    let other_secret = "not-the-hub-secret-4242-abcdef";
+    let badly_signed = |user: &str| {
+        sign(
+            &json!({"sub": user, "exp": now() + 3600, "channels": ["*"]}),
+            other_secret,
+        )
+    };
+    let query = token("q-user");
+    let refreshed = token_with("q-user", json!({"exp": now() + 7200}));
+    let refused_refresh = badly_signed("q-user");
+    let truncated_refresh = token_with("q-user", json!({"exp": now() + 7300}));
+    let mistyped_refresh = token_with("q-user", json!({"exp": now() + 7400}));
+    let garbage = "garbage-token-5f3a9c0d".to_owned();
+    let refused_query = badly_signed("r-user");
+    let bearer = token("b-user");
+    let refused_bearer = badly_signed("b-user");
+    let wrong_key = "wrong-api-key-77d1e0c4".to_owned();
+
+    let mut c = Client::connect_url(&hub.ws_url(), &query).await;
+    c.subscribe("trace").await;
+    c.publish("trace", json!(1)).await;
+    let r = c
+        .request(json!({"type": "refresh", "token": refreshed}))
+        .await;
+    assert_eq!(r["type"], "refreshed", "{r}");
+    let r = c
+        .request(json!({"type": "refresh", "token": refused_refresh}))
+        .await;
+    assert_eq!(r["type"], "error", "{r}");
+    c.send(json!({"type": "refresh", "id": 90, "token": [mistyped_refresh]}))
+        .await;
+    assert_eq!(c.next_of("error").await["code"], "bad_request");
+    c.send_raw(Message::text(format!(
+        r#"{{"type":"refresh","id":91,"token":"{truncated_refresh}""#
+    )))
+    .await;
+    assert_eq!(c.next_of("error").await["code"], "bad_request");
+    drop(c);
+
+    for refused in [&garbage, &refused_query] {
+        let (code, _) = close_of(&format!("{}?token={refused}", hub.ws_url())).await;
+        assert_eq!(code, 1008);
+    }
+    let mut ws = open_with_headers(
+        &hub.ws_url(),
+        &[("Authorization", &format!("Bearer {bearer}"))],
+    )
+    .await;
+    let welcome = tokio::time::timeout(WAIT, ws.next()).await;
+    assert!(
+        matches!(&welcome, Ok(Some(Ok(Message::Text(t)))) if t.as_str().contains("welcome")),
+        "{welcome:?}"
+    );
+    let mut refused = open_with_headers(
+        &hub.ws_url(),
+        &[("Authorization", &format!("Bearer {refused_bearer}"))],
+    )
+    .await;
+    assert_eq!(expect_close(&mut refused).await.0, 1008);
+    drop(ws);
+
+    for (key, status) in [(API_KEY, 200), (wrong_key.as_str(), 401)] {
+        let res = http()
+            .post(hub.http("/api/publish"))
+            .insert_header(("X-API-Key", key))
+            .send_body(r#"{"channel":"trace","data":2}"#)
+            .await
+            .expect("publish");
+        assert_eq!(res.status().as_u16(), status);
+    }
+    vec![
+        SECRET.to_owned(),
+        API_KEY.to_owned(),
+        other_secret.to_owned(),
+        query,
+        refreshed,
+        refused_refresh,
+        truncated_refresh,
+        mistyped_refresh,
+        garbage,
+        refused_query,
+        bearer,
+        refused_bearer,
+        wrong_key,
+    ]
+}
+
+/// Asserts that no line holds a credential, or a JWT's signature on its own.
+fn assert_no_credential(lines: &[String], credentials: &[String]) {
+    for line in lines {
+        for credential in credentials {
             assert!(
-                !line.contains(secret),
-                "a secret leaked into the log: {line}"
+                !line.contains(credential.as_str()),
+                "a credential leaked into the log: {line}"
             );
+            if let Some((_, signature)) = credential.rsplit_once('.') {
+                assert!(
+                    !line.contains(signature),
+                    "a token's signature leaked into the log: {line}"
+                );
+            }
         }
         assert!(
             !line.contains("token=ey"),
             "a token parameter leaked into the log: {line}"
         );
     }
+}
+
+/// In JSON logs at every level (`RUST_LOG=trace`), no secret, API key or token appears,
+/// whichever way it was presented and whether it was accepted or refused.
+#[actix_rt::test]
+async fn no_credential_is_logged_in_json_at_any_level() {
+    let hub = LoggedHub::start("json", &[]).await;
+    let credentials = present_every_credential(&hub).await;
+    let lines = hub.stop();
+    let records = parse_json_lines(&lines);
+    assert!(
+        records.iter().any(|r| r["level"] == "TRACE"),
+        "no trace lines"
+    );
+    assert!(records
+        .iter()
+        .any(|r| r["msg"] == "connection refused" && r["code"] == 1008));
+    assert_no_credential(&lines, &credentials);
+}
+
+/// In text logs at every level (`RUST_LOG=trace`), no secret, API key or token appears,
+/// whichever way it was presented and whether it was accepted or refused.
+#[actix_rt::test]
+async fn no_credential_is_logged_in_text_at_any_level() {
+    let hub = LoggedHub::start("text", &[]).await;
+    let credentials = present_every_credential(&hub).await;
+    let lines = hub.stop();
+    assert!(
+        lines.iter().any(|l| l.contains(" TRACE ")),
+        "no trace lines"
+    );
+    assert!(lines
+        .iter()
+        .any(|l| l.contains("code=1008") && l.contains("connection refused")));
+    assert_no_credential(&lines, &credentials);
 }
