@@ -451,3 +451,98 @@ fn the_build_context_holds_what_the_dockerfile_copies() {
         }
     }
 }
+
+/// Compose has no fallback for the JWT secret or the API key (a default in a public file is a
+/// secret anyone can read): it refuses to start until both are set. Kubernetes takes both from
+/// the Secret, never from a literal value.
+#[test]
+fn no_deployment_file_falls_back_to_a_known_secret() {
+    let compose = read(&root().join("deploy/compose.yaml"));
+    let deployment = read(&root().join("deploy/k8s/deployment.yaml"));
+    for name in ["HUB_JWT_SECRET", "HUB_API_KEY"] {
+        let values = setting_values(&compose, name);
+        assert!(!values.is_empty(), "compose.yaml does not set {name}");
+        for value in values {
+            assert!(
+                value.starts_with(&format!("${{{name}:?")) && !value.contains(":-"),
+                "compose.yaml must require {name} (${{{name}:?...}}), not default it: {value}"
+            );
+        }
+        assert_eq!(
+            setting_values(&deployment, name),
+            Vec::<String>::new(),
+            "deployment.yaml must take {name} from the Secret"
+        );
+    }
+}
+
+/// nginx logs no query string (where browsers carry their token): its access log format names
+/// neither the request line nor the arguments, and its error log, which appends the full request
+/// line to anything it reports about a request, is at `emerg` everywhere.
+#[test]
+fn nginx_logs_no_query_string() {
+    let conf: String = read(&root().join("deploy/nginx.conf"))
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let statements: Vec<&str> = conf.split(['{', '}', ';']).map(str::trim).collect();
+    let formats: Vec<&str> = statements
+        .iter()
+        .copied()
+        .filter(|s| s.starts_with("log_format"))
+        .collect();
+    assert!(
+        !formats.is_empty(),
+        "no log_format: the default one logs $request"
+    );
+    for format in &formats {
+        for word in format.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '$')) {
+            assert!(
+                !matches!(
+                    word,
+                    "$request" | "$request_uri" | "$args" | "$query_string" | "$request_body"
+                ) && !word.starts_with("$arg_"),
+                "log_format logs {word}: {format}"
+            );
+        }
+    }
+    for access in statements.iter().filter(|s| s.starts_with("access_log")) {
+        let named = access.split_whitespace().nth(2);
+        assert!(
+            *access == "access_log off"
+                || named.is_some_and(|n| formats
+                    .iter()
+                    .any(|f| f.split_whitespace().nth(1) == Some(n))),
+            "an access log without one of these formats: {access}"
+        );
+    }
+    let error_logs: Vec<&str> = statements
+        .iter()
+        .copied()
+        .filter(|s| s.starts_with("error_log"))
+        .collect();
+    assert!(
+        !error_logs.is_empty(),
+        "no error_log: nginx's default logs requests at `error`"
+    );
+    for error_log in error_logs {
+        assert_eq!(
+            error_log.split_whitespace().nth(2),
+            Some("emerg"),
+            "{error_log}"
+        );
+    }
+}
+
+/// The compose demo (the demo page through nginx) has the nodes publish their figures for the
+/// page's dashboard, which is off by default outside development mode.
+#[test]
+fn the_compose_demo_feeds_the_dashboard() {
+    let compose = read(&root().join("deploy/compose.yaml"));
+    let intervals = setting_values(&compose, "HUB_DASHBOARD_INTERVAL_S");
+    assert!(
+        !intervals.is_empty() && intervals.iter().all(|v| seconds(v) > 0),
+        "HUB_DASHBOARD_INTERVAL_S in compose.yaml: {intervals:?}"
+    );
+}
