@@ -423,6 +423,38 @@ async fn malformed_publish_body_is_bad_request() {
     }
 }
 
+/// A body that is a JSON array is 400 `bad_request`, even when its items would fill the fields
+/// in order: every body is a JSON object (publish, broadcast, disconnect and `/dev/token`).
+#[actix_rt::test]
+async fn array_shaped_bodies_are_bad_request() {
+    let app = spawn_app();
+    for (path, body) in [
+        ("/api/publish", r#"["chat:a",{"x":1},null,null]"#),
+        ("/api/broadcast", r#"[["chat:a"],{"x":1},null,null]"#),
+        ("/api/disconnect", r#"["alice"]"#),
+    ] {
+        let a = post_json(&app, path, body).await;
+        assert_error(&a, 400, "bad_request");
+    }
+    assert_eq!(
+        get(&app, "/api/history/chat:a").await.json["offset"],
+        0,
+        "nothing was published"
+    );
+
+    let dev = spawn_app_args(&["realtime-hub", "--bind", "127.0.0.1:0"]);
+    let a = call(
+        &dev,
+        Method::POST,
+        "/dev/token",
+        None,
+        Some("application/json"),
+        Some(br#"["alice"]"#.to_vec()),
+    )
+    .await;
+    assert_error(&a, 400, "bad_request");
+}
+
 /// A body that is not UTF-8 is 400 `bad_request`.
 #[actix_rt::test]
 async fn non_utf8_body_is_bad_request() {

@@ -56,7 +56,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     );
 }
 
-/// Reads a JSON body of at most 1 MiB, whatever its content type (so `curl -d` works).
+/// Reads a JSON object body of at most 1 MiB, whatever its content type (so `curl -d` works).
 pub async fn read_json<T: DeserializeOwned>(mut payload: web::Payload) -> Result<T, HubError> {
     let too_large = || HubError::too_large(format!("the body is over {MAX_API_BODY} bytes"));
     let mut body = web::BytesMut::new();
@@ -69,6 +69,11 @@ pub async fn read_json<T: DeserializeOwned>(mut payload: web::Payload) -> Result
             return Err(too_large());
         }
         body.extend_from_slice(&chunk);
+    }
+    // serde builds a struct from a JSON array too, filling the fields in order: every body of
+    // the contract is an object, so anything else is refused before serde sees it.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(HubError::bad_request("the body must be a JSON object"));
     }
     serde_json::from_slice(&body)
         .map_err(|e| HubError::bad_request(format!("invalid JSON body: {e}")))
