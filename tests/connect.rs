@@ -32,6 +32,21 @@ async fn bearer_header_authenticates() {
     assert_eq!(v["user"], "svc");
 }
 
+/// The `Bearer` scheme of the `Authorization` header is matched case-insensitively (RFC 9110).
+#[actix_rt::test]
+async fn bearer_scheme_is_case_insensitive() {
+    let app = spawn_app();
+    for scheme in ["BEARER", "bEaReR"] {
+        let auth = format!("{scheme} {}", token("svc"));
+        let mut ws = open_with_headers(&app.ws_url(), &[("Authorization", &auth)]).await;
+        use futures_util::StreamExt;
+        let first = ws.next().await.expect("frame").expect("ok");
+        let v: serde_json::Value =
+            serde_json::from_str(first.to_text().expect("text")).expect("json");
+        assert_eq!(v["type"], "welcome", "{scheme}: {v}");
+    }
+}
+
 /// Every malformed or unacceptable token closes with 1008 `invalid token`.
 #[actix_rt::test]
 async fn hostile_tokens_close_with_invalid_token() {

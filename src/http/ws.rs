@@ -83,10 +83,11 @@ async fn admit(req: &HttpRequest, app: &AppState, client: &str) -> Result<Identi
 /// The token from `?token=` (browsers) or `Authorization: Bearer` (services).
 fn token_of(req: &HttpRequest) -> Option<String> {
     if let Some(auth) = req.headers().get(header::AUTHORIZATION) {
-        let value = auth.to_str().ok()?;
-        let token = value
-            .strip_prefix("Bearer ")
-            .or_else(|| value.strip_prefix("bearer "))?;
+        let (scheme, token) = auth.to_str().ok()?.trim_start().split_once(' ')?;
+        // Auth schemes are case-insensitive (RFC 9110 §11.1).
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return None;
+        }
         return Some(token.trim().to_owned());
     }
     let query = web::Query::<HashMap<String, String>>::from_query(req.query_string()).ok()?;
