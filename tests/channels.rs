@@ -209,6 +209,24 @@ async fn history_is_bounded_by_its_size() {
     assert_eq!(offsets, vec![3, 4, 5]);
 }
 
+/// `history` without `limit` returns exactly the newest `HUB_HISTORY_SIZE` publications, oldest
+/// first, from a channel that has had more.
+#[actix_rt::test]
+async fn ws_history_without_limit_defaults_to_history_size() {
+    let app = spawn_app_with(&["--history-size", "3"]);
+    let mut c = Client::connect(&app, "a").await;
+    publish_n(&mut c, "h", 5).await;
+    let h = c.request(json!({"type": "history", "channel": "h"})).await;
+    assert_eq!(h["type"], "history", "{h}");
+    let offsets: Vec<u64> = h["publications"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|p| p["offset"].as_u64())
+        .collect();
+    assert_eq!(offsets, vec![3, 4, 5]);
+}
+
 /// History expires `HUB_HISTORY_TTL_S` after the last publication: a new epoch at offset 0.
 #[actix_rt::test]
 async fn history_expires_into_a_new_epoch() {

@@ -121,6 +121,26 @@ async fn expired_token_closes_with_token_expired() {
     );
 }
 
+/// Clock leeway is at most 5 s: a token expired 10 s ago closes with 1008 `token expired`, and
+/// one valid only from 10 s from now with 1008 `invalid token`.
+#[actix_rt::test]
+async fn token_leeway_is_at_most_5s() {
+    let app = spawn_app();
+    let expired = sign(&json!({"sub": "x", "exp": now() - 10}), SECRET);
+    assert_eq!(
+        close_of(&url_with(&app, &expired)).await,
+        (1008, "token expired".to_owned())
+    );
+    let early = sign(
+        &json!({"sub": "x", "exp": now() + 600, "nbf": now() + 10}),
+        SECRET,
+    );
+    assert_eq!(
+        close_of(&url_with(&app, &early)).await,
+        (1008, "invalid token".to_owned())
+    );
+}
+
 /// A browser from another origin is refused; no Origin (not a browser) and the same host pass.
 #[actix_rt::test]
 async fn foreign_origins_are_refused_by_default() {
