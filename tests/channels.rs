@@ -479,6 +479,37 @@ async fn requests_over_the_rate_are_dropped_with_one_reply_each() {
     c.expect_silence(QUIET).await;
 }
 
+/// Binary frames count against the request rate like any request: each one over the rate gets
+/// exactly one `rate_limited` (and no `bad_request`).
+#[actix_rt::test]
+async fn binary_frames_over_the_rate_are_rate_limited() {
+    let app = spawn_app_with(&["--client-rate", "5"]);
+    let mut c = Client::connect(&app, "a").await;
+    for _ in 0..30 {
+        c.send_raw(tokio_tungstenite::tungstenite::Message::binary(vec![
+            1u8, 2, 3,
+        ]))
+        .await;
+    }
+    let mut refused = 0;
+    let mut limited = 0;
+    for _ in 0..30 {
+        let f = c.next_frame().await;
+        assert_eq!(f["type"], "error", "{f}");
+        assert!(f.get("id").is_none(), "a binary frame has no id: {f}");
+        match code_of(&f) {
+            "bad_request" => refused += 1,
+            "rate_limited" => limited += 1,
+            other => panic!("unexpected code {other}: {f}"),
+        }
+    }
+    assert!(
+        (10..=12).contains(&refused),
+        "burst of twice the rate, got {refused} bad_request and {limited} rate_limited"
+    );
+    c.expect_silence(QUIET).await;
+}
+
 /// `ping` answers `pong` with the same id.
 #[actix_rt::test]
 async fn ping_answers_pong() {

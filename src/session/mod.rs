@@ -228,6 +228,17 @@ impl WsSession {
         }
     }
 
+    /// A binary message is a request the contract refuses; it takes a token like any other, so
+    /// a flood of them is rate limited too (one reply per message either way).
+    fn on_binary(&mut self, ctx: &mut WebsocketContext<Self>) {
+        let error = if self.rate.take(Instant::now()) {
+            HubError::bad_request("binary frames are not supported; send JSON text")
+        } else {
+            HubError::rate_limited("over the request rate; request dropped")
+        };
+        self.reply_error(ctx, None, &error);
+    }
+
     fn on_request(&mut self, id: Option<u64>, request: Request, ctx: &mut WebsocketContext<Self>) {
         match request {
             Request::Ping => self.reply(ctx, ServerFrame::Pong { id }),
@@ -833,11 +844,7 @@ impl WsSession {
             return;
         };
         if frags.binary {
-            return self.reply_error(
-                ctx,
-                None,
-                &HubError::bad_request("binary frames are not supported; send JSON text"),
-            );
+            return self.on_binary(ctx);
         }
         match std::str::from_utf8(&frags.buf) {
             Ok(text) => {
@@ -1003,11 +1010,7 @@ impl StreamHandler<Result<WsMessage, ProtocolError>> for WsSession {
                 }
                 self.on_text(&text, ctx)
             }
-            Ok(WsMessage::Binary(_)) => self.reply_error(
-                ctx,
-                None,
-                &HubError::bad_request("binary frames are not supported; send JSON text"),
-            ),
+            Ok(WsMessage::Binary(_)) => self.on_binary(ctx),
             Ok(WsMessage::Continuation(item)) => self.on_fragment(item, ctx),
             Ok(WsMessage::Ping(payload)) => {
                 self.outbound.add(frame_cost(payload.len()));
