@@ -257,11 +257,26 @@ fn non_empty(v: Vec<String>) -> Vec<String> {
         .collect()
 }
 
-fn at_least_one(name: &str, v: u64) -> Result<u64, ConfigError> {
-    if v == 0 {
-        Err(ConfigError(format!("{name} must be at least 1")))
+/// The longest any duration setting may be: ten years. Deadlines are computed as `now +
+/// setting`, and a value near `u64::MAX` seconds would overflow that (a panic, not "never").
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// A duration setting given in seconds, at least `min`, at most [`MAX_DURATION`].
+fn seconds(name: &str, v: u64, min: u64) -> Result<Duration, ConfigError> {
+    if v < min {
+        return Err(ConfigError(format!("{name} must be at least {min}")));
+    }
+    within_max(name, Duration::from_secs(v))
+}
+
+fn within_max(name: &str, d: Duration) -> Result<Duration, ConfigError> {
+    if d > MAX_DURATION {
+        Err(ConfigError(format!(
+            "{name} must be at most ten years ({} seconds)",
+            MAX_DURATION.as_secs()
+        )))
     } else {
-        Ok(v)
+        Ok(d)
     }
 }
 
@@ -368,6 +383,7 @@ impl ServeArgs {
         let dashboard_s = self
             .dashboard_interval_s
             .unwrap_or(if dev_mode { 1 } else { 0 });
+        let dashboard_interval = seconds("HUB_DASHBOARD_INTERVAL_S", dashboard_s, 0)?;
         Ok(Config {
             bind,
             node_id,
@@ -387,31 +403,25 @@ impl ServeArgs {
             default_channels: non_empty(self.default_channels),
             default_publish: non_empty(self.default_publish),
             join_leave_namespaces: non_empty(self.join_leave_namespaces),
-            dedup_window: Duration::from_secs(self.dedup_window_s),
+            dedup_window: seconds("HUB_DEDUP_WINDOW_S", self.dedup_window_s, 0)?,
             client_rate: self.client_rate,
             client_queue_bytes: self.client_queue_bytes,
             node_queue_bytes: self.node_queue_bytes,
-            ping_interval: Duration::from_secs(at_least_one(
-                "HUB_PING_INTERVAL_S",
-                self.ping_interval_s,
-            )?),
+            ping_interval: seconds("HUB_PING_INTERVAL_S", self.ping_interval_s, 1)?,
             history_size: self.history_size,
-            history_ttl: Duration::from_secs(at_least_one(
-                "HUB_HISTORY_TTL_S",
-                self.history_ttl_s,
-            )?),
-            node_heartbeat: Duration::from_secs(at_least_one(
-                "HUB_NODE_HEARTBEAT_S",
-                self.node_heartbeat_s,
-            )?),
+            history_ttl: seconds("HUB_HISTORY_TTL_S", self.history_ttl_s, 1)?,
+            node_heartbeat: seconds("HUB_NODE_HEARTBEAT_S", self.node_heartbeat_s, 1)?,
             redis_prefix: self.redis_prefix,
             static_dir: self.static_dir,
-            dashboard_interval: (dashboard_s > 0).then(|| Duration::from_secs(dashboard_s)),
+            dashboard_interval: (!dashboard_interval.is_zero()).then_some(dashboard_interval),
             streams: non_empty(self.streams),
             stream_group: self.stream_group,
             stream_max_deliveries: self.stream_max_deliveries.max(1),
-            stream_claim_idle: Duration::from_millis(self.stream_claim_idle_ms),
-            shutdown_timeout: Duration::from_secs(self.shutdown_timeout_s),
+            stream_claim_idle: within_max(
+                "HUB_STREAM_CLAIM_IDLE_MS",
+                Duration::from_millis(self.stream_claim_idle_ms),
+            )?,
+            shutdown_timeout: seconds("HUB_SHUTDOWN_TIMEOUT_S", self.shutdown_timeout_s, 0)?,
             log_format: self.log_format,
             workers: self
                 .workers
@@ -431,4 +441,49 @@ pub fn random_token(len: usize) -> String {
         .iter()
         .map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(args: &[&str]) -> Result<Config, ConfigError> {
+        let mut all = vec!["realtime-hub", "--jwt-secret", "s"];
+        all.extend_from_slice(args);
+        ServeArgs::from_args(all).and_then(ServeArgs::into_config)
+    }
+
+    const DURATION_FLAGS: [(&str, &str); 7] = [
+        ("--dedup-window-s", "HUB_DEDUP_WINDOW_S"),
+        ("--ping-interval-s", "HUB_PING_INTERVAL_S"),
+        ("--history-ttl-s", "HUB_HISTORY_TTL_S"),
+        ("--node-heartbeat-s", "HUB_NODE_HEARTBEAT_S"),
+        ("--dashboard-interval-s", "HUB_DASHBOARD_INTERVAL_S"),
+        ("--stream-claim-idle-ms", "HUB_STREAM_CLAIM_IDLE_MS"),
+        ("--shutdown-timeout-s", "HUB_SHUTDOWN_TIMEOUT_S"),
+    ];
+
+    /// A duration setting over ten years is refused with a message naming its variable, rather
+    /// than overflowing a deadline later.
+    #[test]
+    fn durations_over_ten_years_are_refused_with_the_variable_named() {
+        let huge = u64::MAX.to_string();
+        for (flag, var) in DURATION_FLAGS {
+            let e = config(&[flag, &huge]).expect_err(flag);
+            assert!(e.0.contains(var) && e.0.contains("at most"), "{flag}: {e}");
+        }
+    }
+
+    /// Ten years exactly is still accepted.
+    #[test]
+    fn durations_of_ten_years_are_accepted() {
+        for (flag, _) in DURATION_FLAGS {
+            let max = if flag.ends_with("-ms") {
+                MAX_DURATION.as_millis().to_string()
+            } else {
+                MAX_DURATION.as_secs().to_string()
+            };
+            assert!(config(&[flag, &max]).is_ok(), "{flag} {max}");
+        }
+    }
 }

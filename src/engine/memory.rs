@@ -13,7 +13,7 @@ use futures_util::future::BoxFuture;
 
 use super::{Engine, EngineError, HistoryPage, NodeInfo, PublishRequest, Published, Subscribed};
 use crate::auth::unix_micros;
-use crate::config::random_token;
+use crate::config::{random_token, MAX_DURATION};
 use crate::hub::Deliver;
 use crate::protocol::server::message;
 use crate::protocol::{ClientInfo, Message, MessageTemplate, Position};
@@ -68,8 +68,9 @@ impl MemoryEngine {
             state: Mutex::new(State::default()),
             hub,
             history_size,
-            history_ttl,
-            dedup_window,
+            // Deadlines are `now + duration`: capped so that no setting can overflow them.
+            history_ttl: history_ttl.min(MAX_DURATION),
+            dedup_window: dedup_window.min(MAX_DURATION),
         }
     }
 
@@ -351,4 +352,50 @@ impl Engine for MemoryEngine {
 
     /// One node: there is nobody else to tell.
     fn disconnect_user(&self, _user: &str) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix::{Actor, Context, Handler};
+
+    /// Stands in for the Hub.
+    struct Sink;
+
+    impl Actor for Sink {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<Deliver> for Sink {
+        type Result = ();
+        fn handle(&mut self, _: Deliver, _: &mut Context<Self>) {}
+    }
+
+    /// A history TTL or dedup window too long to add to `Instant::now()` is capped, not a
+    /// panic (embedders may build the engine without the config's validation).
+    #[actix_rt::test]
+    async fn huge_durations_do_not_overflow_deadlines() {
+        let engine = MemoryEngine::new(Sink.start().recipient(), 10, Duration::MAX, Duration::MAX);
+        let request = || PublishRequest {
+            channel: "c".into(),
+            data: serde_json::value::RawValue::from_string("1".into()).expect("raw json"),
+            event_id: Some("e".into()),
+            event_type: None,
+            from: None,
+        };
+        let first = engine.publish(request()).await.expect("published");
+        let again = engine.publish(request()).await.expect("answered");
+        assert!(again.duplicate);
+        assert_eq!(again.position, first.position);
+        engine.sweep(Instant::now());
+        assert_eq!(
+            engine
+                .subscribe("c", None)
+                .await
+                .expect("position")
+                .position
+                .offset,
+            1
+        );
+    }
 }

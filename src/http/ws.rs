@@ -126,6 +126,6 @@ pub fn tune_connection(conn: &dyn std::any::Any, ping_interval: Duration) {
     if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
         let _ = tcp.set_nodelay(true);
         let sock = socket2::SockRef::from(tcp);
-        let _ = sock.set_tcp_user_timeout(Some(ping_interval * 2));
+        let _ = sock.set_tcp_user_timeout(Some(ping_interval.saturating_mul(2)));
     }
 }

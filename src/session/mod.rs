@@ -893,7 +893,7 @@ impl Actor for WsSession {
         self.schedule_expiry(ctx);
         let interval = self.app.config.ping_interval;
         ctx.run_interval(interval, move |act, ctx| {
-            if act.last_heard.elapsed() > interval * 2 {
+            if act.last_heard.elapsed() > interval.saturating_mul(2) {
                 log::info!(
                     client = &*act.client, user = act.identity.user.as_str();
                     "no pong for two intervals: dropping the connection"
