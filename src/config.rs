@@ -4,20 +4,73 @@
 //! Settings are parsed by clap (flags and environment variables share one definition), then turned
 //! into a validated [`Config`] whose fields are plain values the rest of the code can trust.
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
-/// Command line of the `realtime-hub` binary: no subcommand serves.
+/// Command line of the `realtime-hub` binary: no subcommand serves. A subcommand comes first
+/// and takes no serving flags.
 #[derive(Debug, Parser)]
-#[command(name = "realtime-hub", version, about = "A realtime messaging hub")]
+#[command(
+    name = "realtime-hub",
+    version,
+    about = "A realtime messaging hub",
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
     #[command(flatten)]
     pub serve: ServeArgs,
+}
+
+/// The subcommands alone, for a command line that starts with one: clap reads the `HUB_*`
+/// variable of every flag it knows whether or not the flag is used, so parsing [`Cli`] would
+/// let a bad serving setting (`HUB_BIND=x`) break `realtime-hub token`.
+#[derive(Debug, Parser)]
+#[command(name = "realtime-hub", version)]
+struct SubcommandOnly {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// What the binary was asked to do.
+#[derive(Debug)]
+pub enum Invocation {
+    Serve(Box<ServeArgs>),
+    Run(Command),
+}
+
+impl Cli {
+    /// The process's command line; exits with clap's message (and `--help`/`--version`) as
+    /// `Parser::parse` does.
+    pub fn invocation() -> Invocation {
+        Self::try_invocation_from(std::env::args_os()).unwrap_or_else(|e| e.exit())
+    }
+
+    /// Serving settings are parsed (and their variables read) only when there is no
+    /// subcommand.
+    pub fn try_invocation_from<I, T>(args: I) -> Result<Invocation, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        let first = args.get(1).and_then(|a| a.to_str());
+        let names_subcommand =
+            first.is_some_and(|f| Cli::command().get_subcommands().any(|c| c.get_name() == f));
+        if names_subcommand {
+            return SubcommandOnly::try_parse_from(args).map(|s| Invocation::Run(s.command));
+        }
+        let cli = Cli::try_parse_from(args)?;
+        Ok(match cli.command {
+            Some(command) => Invocation::Run(command),
+            None => Invocation::Serve(Box::new(cli.serve)),
+        })
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -50,8 +103,8 @@ pub struct DemoEventsArgs {
 
 #[derive(Debug, Args)]
 pub struct TokenArgs {
-    /// The token's `sub`.
-    #[arg(long)]
+    /// The token's `sub` (not empty: the hub refuses a token without one).
+    #[arg(long, value_parser = clap::builder::NonEmptyStringValueParser::new())]
     pub user: String,
     /// Subscribe patterns, comma-separated (claim `channels`).
     #[arg(long, value_delimiter = ',')]
@@ -472,6 +525,37 @@ mod tests {
             let e = config(&[flag, &huge]).expect_err(flag);
             assert!(e.0.contains(var) && e.0.contains("at most"), "{flag}: {e}");
         }
+    }
+
+    /// No arguments serve; a leading subcommand runs it; serving flags before a subcommand are
+    /// refused rather than silently ignored.
+    #[test]
+    fn a_leading_subcommand_runs_and_no_subcommand_serves() {
+        assert!(matches!(
+            Cli::try_invocation_from(["realtime-hub"]),
+            Ok(Invocation::Serve(_))
+        ));
+        assert!(matches!(
+            Cli::try_invocation_from(["realtime-hub", "token", "--user", "u"]),
+            Ok(Invocation::Run(Command::Token(_)))
+        ));
+        assert!(Cli::try_invocation_from([
+            "realtime-hub",
+            "--workers",
+            "2",
+            "token",
+            "--user",
+            "u"
+        ])
+        .is_err());
+    }
+
+    /// `token --user ""` is refused: the hub would refuse a token with an empty `sub`.
+    #[test]
+    fn token_with_an_empty_user_is_refused() {
+        let e = Cli::try_invocation_from(["realtime-hub", "token", "--user", ""])
+            .expect_err("an empty user");
+        assert!(e.to_string().contains("--user"), "{e}");
     }
 
     /// Ten years exactly is still accepted.

@@ -3,17 +3,14 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 use realtime_hub::auth::{mint_hs256, MintClaims};
-use realtime_hub::config::{Cli, Command, Config, TokenArgs};
+use realtime_hub::config::{Cli, Command, Config, Invocation, TokenArgs};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match cli.command {
-        Some(Command::Token(args)) => token(args),
-        Some(Command::DemoEvents(args)) => realtime_hub::demo_events::run(args),
-        None => match cli.serve.into_config() {
+    match Cli::invocation() {
+        Invocation::Run(Command::Token(args)) => token(args),
+        Invocation::Run(Command::DemoEvents(args)) => realtime_hub::demo_events::run(args),
+        Invocation::Serve(args) => match args.into_config() {
             Ok(config) => serve(config),
             Err(e) => {
                 eprintln!("realtime-hub: {e}");

@@ -584,6 +584,44 @@ async fn token_subcommand_without_secret_fails_with_message() {
     }
 }
 
+/// `realtime-hub token --user ""` exits non-zero with a message and prints no token: the hub
+/// refuses a token with an empty `sub`.
+#[actix_rt::test]
+async fn token_subcommand_refuses_an_empty_user() {
+    let out = run_token(&["--user", "", "--secret", SECRET], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "exit status {}", out.status);
+    assert!(out.stdout.is_empty(), "no token on stdout");
+    assert!(
+        stderr.contains("--user"),
+        "the message names the flag: {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// The `token` subcommand does not read the serving settings: a bad `HUB_BIND` (or any other
+/// serving variable) does not stop it from printing a token.
+#[actix_rt::test]
+async fn token_subcommand_ignores_bad_serving_settings() {
+    let out = run_token(
+        &["--user", "u4", "--channels", "a", "--publish", "a"],
+        &[
+            ("HUB_JWT_SECRET", SECRET),
+            ("HUB_BIND", "x"),
+            ("HUB_PING_INTERVAL_S", "soon"),
+            ("HUB_LOG_FORMAT", "xml"),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "exit status {}; stderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).expect("utf-8");
+    assert_eq!(verify_minted(stdout.trim(), SECRET).sub, "u4");
+}
+
 // ---- Graceful shutdown ----
 
 /// Signals `name` to a hub with two open sockets: both get 1001 `going away`, `/ready` no
