@@ -89,6 +89,62 @@ async fn subscribing_twice_never_doubles_deliveries() {
     c.expect_silence(QUIET).await;
 }
 
+/// A repeated `subscribe` (here with `recover`) that fails because the engine is unavailable
+/// leaves the subscription as it was: pushes keep arriving, and `unsubscribe` still takes the
+/// connection out of presence.
+#[actix_rt::test]
+async fn failed_resubscribe_keeps_the_subscription() {
+    let mut redis = RedisServer::start();
+    let app = spawn_node(&redis, "n1", &[]);
+    wait_ready_blocking(app.addr);
+    let mut c = Client::connect(&app, "alice").await;
+    let s = c.subscribe("chat:a").await;
+
+    redis.kill();
+    let r = c
+        .request(json!({"type": "subscribe", "channel": "chat:a",
+            "recover": {"offset": s["offset"], "epoch": s["epoch"]}}))
+        .await;
+    assert_eq!(
+        (r["type"].as_str(), code_of(&r)),
+        (Some("error"), "unavailable"),
+        "{r}"
+    );
+
+    redis.restart();
+    eventually("the node is ready again", || async {
+        api_get(&app, "/ready").await.0 == 200
+    })
+    .await;
+    eventually("a publication is accepted", || async {
+        api_post(
+            &app,
+            "/api/publish",
+            r#"{"channel":"chat:a","data":"after"}"#,
+        )
+        .await
+        .0 == 200
+    })
+    .await;
+    let m = c
+        .next_of_within("message", WAIT)
+        .await
+        .expect("the subscription still receives");
+    assert_eq!(
+        (&m["channel"], &m["data"]),
+        (&json!("chat:a"), &json!("after"))
+    );
+
+    let u = c
+        .request(json!({"type": "unsubscribe", "channel": "chat:a"}))
+        .await;
+    assert_eq!(u["type"], "unsubscribed");
+    eventually("the connection leaves presence", || async {
+        api_get(&app, "/api/presence/chat:a").await.1["clients"] == json!([])
+    })
+    .await;
+}
+
 /// After `unsubscribed`, no more pushes for the channel arrive.
 #[actix_rt::test]
 async fn unsubscribe_stops_pushes() {

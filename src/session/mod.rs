@@ -75,12 +75,31 @@ enum SubState {
         /// Repeated `subscribe` requests that arrived meanwhile, with what each asked to
         /// recover; each gets an answer when the first one's comes.
         waiters: Vec<(Option<u64>, Option<Position>)>,
+        /// Set when this `subscribe` repeats one that was already through: what to go back
+        /// to if it fails.
+        resume: Option<Resume>,
     },
     /// Pushes flow; the last message written, to drop repeats and stale ones.
     Active { epoch: Arc<str>, offset: u64 },
     /// A gap showed after `offset` (or may have, after the node's Redis link came back):
     /// pushes are held while history fills it.
-    CatchingUp { generation: u64, held: Vec<Push> },
+    CatchingUp {
+        generation: u64,
+        held: Vec<Push>,
+        epoch: Arc<str>,
+        offset: u64,
+    },
+}
+
+/// Where a repeated `subscribe` found its channel. The repeat does not register with the Hub
+/// or join presence again, so when it fails the subscription must go on from here: dropping
+/// it would leave the Hub registration and the presence entry behind, with every push
+/// dropped and `unsubscribe` unable to find them.
+struct Resume {
+    epoch: Arc<str>,
+    offset: u64,
+    /// A catch-up was under way (and was abandoned for the new subscribe): start it again.
+    catching_up: bool,
 }
 
 /// A message arriving in several frames.
@@ -284,7 +303,7 @@ impl WsSession {
             );
         }
         let subscriptions = self.subs.len();
-        let register = match self.subs.get_mut(channel.as_str()) {
+        match self.subs.get_mut(channel.as_str()) {
             Some(SubState::Pending { waiters, .. }) => {
                 waiters.push((id, recover));
                 return;
@@ -303,7 +322,7 @@ impl WsSession {
                 let text = frame.encode();
                 return self.write(ctx, text);
             }
-            Some(_) => false,
+            Some(_) => {}
             None if subscriptions >= self.app.config.max_subscriptions => {
                 return self.reply_error(
                     ctx,
@@ -314,16 +333,38 @@ impl WsSession {
                     )),
                 );
             }
-            None => true,
-        };
+            None => {}
+        }
         self.next_generation += 1;
         let generation = self.next_generation;
         let key: Arc<str> = Arc::from(channel.as_str());
         // Pushes held by a catch-up in progress move over; the new answer decides which stay.
-        let held = match self.subs.remove(&*key) {
-            Some(SubState::CatchingUp { held, .. }) => held,
-            _ => Vec::new(),
+        let (held, resume) = match self.subs.remove(&*key) {
+            Some(SubState::CatchingUp {
+                held,
+                epoch,
+                offset,
+                ..
+            }) => (
+                held,
+                Some(Resume {
+                    epoch,
+                    offset,
+                    catching_up: true,
+                }),
+            ),
+            Some(SubState::Active { epoch, offset }) => (
+                Vec::new(),
+                Some(Resume {
+                    epoch,
+                    offset,
+                    catching_up: false,
+                }),
+            ),
+            _ => (Vec::new(), None),
         };
+        // A new subscription registers with the Hub; a repeat already is.
+        let register = resume.is_none();
         self.subs.insert(
             Arc::clone(&key),
             SubState::Pending {
@@ -331,6 +372,7 @@ impl WsSession {
                 held,
                 recover: recover.clone(),
                 waiters: Vec::new(),
+                resume,
             },
         );
         let hub = self.app.hub.clone();
@@ -393,12 +435,23 @@ impl WsSession {
         let sub = match result {
             Ok(sub) => sub,
             Err(error) => {
-                if let Some(SubState::Pending { held, waiters, .. }) = self.subs.remove(&*channel) {
-                    for push in held {
-                        self.outbound.release(push.cost);
-                    }
+                if let Some(SubState::Pending {
+                    held,
+                    waiters,
+                    resume,
+                    ..
+                }) = self.subs.remove(&*channel)
+                {
                     for (waiter, _) in waiters {
                         self.reply_error(ctx, waiter, &error);
+                    }
+                    match resume {
+                        Some(resume) => self.resume(Arc::clone(&channel), resume, held, ctx),
+                        None => {
+                            for push in held {
+                                self.outbound.release(push.cost);
+                            }
+                        }
                     }
                 }
                 if registered {
@@ -434,6 +487,31 @@ impl WsSession {
         }));
     }
 
+    /// Goes back to the subscription a failed repeated `subscribe` found. The pushes held
+    /// meanwhile go through the usual checks (a gap among them starts a catch-up), and a
+    /// catch-up that was under way starts again.
+    fn resume(
+        &mut self,
+        channel: Arc<str>,
+        resume: Resume,
+        held: Vec<Push>,
+        ctx: &mut WebsocketContext<Self>,
+    ) {
+        if resume.catching_up {
+            return self.catch_up(channel, resume.epoch, resume.offset, held, ctx);
+        }
+        self.subs.insert(
+            channel,
+            SubState::Active {
+                epoch: resume.epoch,
+                offset: resume.offset,
+            },
+        );
+        for push in held {
+            self.on_push(push, ctx);
+        }
+    }
+
     fn is_pending(&self, channel: &str, generation: u64) -> bool {
         matches!(self.subs.get(channel), Some(SubState::Pending { generation: g, .. }) if *g == generation)
     }
@@ -454,6 +532,7 @@ impl WsSession {
                 held,
                 recover,
                 waiters,
+                ..
             }) if *g == generation => (
                 std::mem::take(held),
                 std::mem::take(waiters),
@@ -527,7 +606,12 @@ impl WsSession {
         let generation = self.next_generation;
         self.subs.insert(
             Arc::clone(&channel),
-            SubState::CatchingUp { generation, held },
+            SubState::CatchingUp {
+                generation,
+                held,
+                epoch: Arc::clone(&epoch),
+                offset,
+            },
         );
         self.catch_up_attempt(channel, epoch, offset, generation, 0, ctx);
     }
