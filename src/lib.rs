@@ -171,9 +171,16 @@ pub async fn run(
     .run();
 
     let handle = server.handle();
+    let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
     actix_web::rt::spawn(async move {
         shutdown.await;
         shutdown::drain(&app, handle).await;
+        let _ = drained_tx.send(());
     });
-    server.await
+    // The drain bounds the whole shutdown by `HUB_SHUTDOWN_TIMEOUT_S`; once it is over,
+    // dropping the server force-closes what is still open rather than waiting for it again.
+    tokio::select! {
+        served = server => served,
+        Ok(()) = drained_rx => Ok(()),
+    }
 }

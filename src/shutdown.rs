@@ -1,6 +1,7 @@
 //! The ordered shutdown of a node: stop being ready, refuse new connections, close every
 //! session with 1001 `going away` while the Streams readers stop reading and finish the batch in
-//! hand, wait for both (bounded by `HUB_SHUTDOWN_TIMEOUT_S`), then stop the HTTP server.
+//! hand, wait for both, then stop the HTTP server. All of it within `HUB_SHUTDOWN_TIMEOUT_S`:
+//! when that is up, [`crate::run`] drops the server, closing whatever is still open.
 
 use std::time::{Duration, Instant};
 
@@ -10,9 +11,11 @@ use crate::app::AppState;
 use crate::hub;
 use crate::protocol::Close;
 
+/// Runs the shutdown sequence; returns when the server has stopped or the timeout is up,
+/// whichever comes first.
 pub async fn drain(app: &AppState, server: ServerHandle) {
-    let started = Instant::now();
     let timeout = app.config.shutdown_timeout;
+    let deadline = Instant::now() + timeout;
     app.start_draining();
     // Runs alongside the sessions' close; what it cannot finish in time stays pending in Redis.
     let streams = app
@@ -29,7 +32,7 @@ pub async fn drain(app: &AppState, server: ServerHandle) {
     log::info!(connections = open; "shutting down: closing connections with 1001");
     // Sessions leave the Hub as their sockets close; wait for that, but not past the timeout
     // (a peer that never reads cannot hold the node up).
-    while started.elapsed() < timeout {
+    while Instant::now() < deadline {
         let left = app
             .hub
             .send(hub::Stats {
@@ -44,10 +47,20 @@ pub async fn drain(app: &AppState, server: ServerHandle) {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     if let Some(streams) = streams {
-        let _ = streams.await;
+        let _ = tokio::time::timeout_at(deadline.into(), streams).await;
     }
-    server.stop(true).await;
-    log::info!("stopped");
+    // The server gets only the time left. A graceful stop waits for every connection, and one
+    // whose peer never reads stays open (its session cannot even be polled to close it): that
+    // wait would add up to another shutdown timeout. When the time is up, `run` drops the
+    // server instead, which closes such connections at once.
+    let stopped = tokio::time::timeout_at(deadline.into(), server.stop(true)).await;
+    match stopped {
+        Ok(()) => log::info!("stopped"),
+        Err(_) => log::warn!(
+            timeout_s = timeout.as_secs();
+            "shutdown timeout reached: closing the connections still open"
+        ),
+    }
 }
 
 /// Listens for SIGTERM and SIGINT from the moment it is called (inside the runtime), so a
