@@ -16,7 +16,7 @@ use crate::auth::Identity;
 use crate::config::AllowedOrigins;
 use crate::error::HubError;
 use crate::protocol::Close;
-use crate::session::{Metered, Outbound, Refused, WsSession};
+use crate::session::{Frames, Metered, Outbound, Refused, WsSession};
 
 pub async fn upgrade(
     req: HttpRequest,
@@ -38,9 +38,16 @@ pub async fn upgrade(
         Ok(identity) => {
             app.metrics.connect("accepted");
             let outbound = Outbound::new(app.config.client_queue_bytes);
-            let session = WsSession::new(client, identity, app.into_inner(), Arc::clone(&outbound));
+            let frames = Frames::default();
+            let session = WsSession::new(
+                client,
+                identity,
+                app.into_inner(),
+                Arc::clone(&outbound),
+                frames.clone(),
+            );
             let stream = WebsocketContext::with_codec(session, payload, codec);
-            Ok(response.streaming(Metered::new(stream, outbound)))
+            Ok(response.streaming(Metered::new(stream, outbound, frames)))
         }
         Err(close) => {
             app.metrics.connect(close.label());

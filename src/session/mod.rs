@@ -21,7 +21,7 @@ use actix_web::web::BytesMut;
 use actix_web_actors::ws::{CloseReason, Message as WsMessage, ProtocolError, WebsocketContext};
 use bytestring::ByteString;
 
-pub use outbound::{frame_cost, Metered, Outbound};
+pub use outbound::{frame_cost, Frames, Metered, Outbound};
 use rate::TokenBucket;
 
 use crate::app::AppState;
@@ -35,20 +35,47 @@ use crate::protocol::server::{Sender, ServerFrame};
 use crate::protocol::{parse_frame, ClientInfo, Close, Position, Request};
 
 /// A frame for one channel, routed by the Hub. Its bytes are shared by every subscriber.
+#[derive(Clone)]
 pub struct Push {
     pub channel: Arc<str>,
     pub kind: PushKind,
     pub frame: ByteString,
-    /// What the Hub counted into this session's backlog for it.
+    /// What it counts in a session's backlog: the frame's size on the wire.
+    pub cost: usize,
+    /// The client a presence push is about, which does not get it.
+    pub skip: Option<Arc<str>>,
+}
+
+/// One channel's pushes from one Hub flush, in order, shared by all its local subscribers:
+/// fan-out costs one reference count per subscriber and flush, not one per push.
+pub struct ChannelPushes {
+    pub pushes: Vec<Push>,
+    /// The pushes' costs together: what the Hub reserves in each subscriber's backlog.
     pub cost: usize,
 }
 
-/// The pushes the Hub gathered for this session since its last flush, in order: one mailbox
-/// message and one wake-up for all of them, and the context writes them in one go.
+impl ChannelPushes {
+    pub fn new(pushes: Vec<Push>) -> Self {
+        let cost = pushes.iter().map(|p| p.cost).sum();
+        ChannelPushes { pushes, cost }
+    }
+
+    /// How many of the pushes `client` gets (all but those about itself).
+    pub fn deliveries_to(&self, client: &str) -> u64 {
+        self.pushes
+            .iter()
+            .filter(|p| p.skip.as_deref() != Some(client))
+            .count() as u64
+    }
+}
+
+/// The pushes the Hub gathered for this session since its last flush, one batch per channel:
+/// one mailbox message and one wake-up for all of them, and the context writes them in one go.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Pushes(pub Vec<Push>);
+pub struct Pushes(pub Vec<Arc<ChannelPushes>>);
 
+#[derive(Clone)]
 pub enum PushKind {
     Message { offset: u64, epoch: Arc<str> },
     Presence,
@@ -114,6 +141,8 @@ pub struct WsSession {
     app: Arc<AppState>,
     /// Shared with the Hub (which counts pushes in) and the response stream (which counts out).
     outbound: Arc<Outbound>,
+    /// Where this session's text frames are written; the response stream yields them.
+    frames: Frames,
     /// Looked up for every push: FxHash rather than SipHash, safe here because the map holds
     /// at most `HUB_MAX_SUBSCRIPTIONS` entries of this one connection.
     subs: FxHashMap<Arc<str>, SubState>,
@@ -136,6 +165,7 @@ impl WsSession {
         identity: Identity,
         app: Arc<AppState>,
         outbound: Arc<Outbound>,
+        frames: Frames,
     ) -> Self {
         let now = Instant::now();
         WsSession {
@@ -144,6 +174,7 @@ impl WsSession {
             identity,
             app,
             outbound,
+            frames,
             subs: FxHashMap::default(),
             next_generation: 0,
             last_heard: now,
@@ -161,7 +192,7 @@ impl WsSession {
             return;
         }
         if self.outbound.try_reserve(frame_cost(text.len())) {
-            ctx.text(text);
+            self.frames.text(text.as_bytes());
         } else {
             self.drop_slow(ctx);
         }
@@ -508,7 +539,7 @@ impl WsSession {
             },
         );
         for push in held {
-            self.on_push(push, ctx);
+            self.on_push(&push, ctx);
         }
     }
 
@@ -585,7 +616,7 @@ impl WsSession {
                 }
                 PushKind::Presence => {}
             }
-            ctx.text(push.frame);
+            self.frames.text(push.frame.as_bytes());
         }
         self.subs
             .insert(Arc::clone(&channel), SubState::Active { epoch, offset });
@@ -697,7 +728,7 @@ impl WsSession {
                     epoch = Arc::clone(e);
                     offset = *o;
                 }
-                ctx.text(push.frame);
+                act.frames.text(push.frame.as_bytes());
             }
             act.subs.insert(channel, SubState::Active { epoch, offset });
         }));
@@ -1024,20 +1055,28 @@ impl Handler<Pushes> for WsSession {
     type Result = ();
 
     fn handle(&mut self, pushes: Pushes, ctx: &mut Self::Context) {
-        for push in pushes.0 {
-            self.on_push(push, ctx);
+        for batch in &pushes.0 {
+            for push in &batch.pushes {
+                self.on_push(push, ctx);
+            }
         }
     }
 }
 
 impl WsSession {
-    fn on_push(&mut self, push: Push, ctx: &mut WebsocketContext<Self>) {
+    fn on_push(&mut self, push: &Push, ctx: &mut WebsocketContext<Self>) {
+        if self.closing || push.skip.as_deref() == Some(&*self.client) {
+            // A presence push about this very session: the others get it.
+            return self.outbound.release(push.cost);
+        }
         let Some(state) = self.subs.get_mut(&*push.channel) else {
             // Unsubscribed while this push was on its way.
             return self.outbound.release(push.cost);
         };
         match state {
-            SubState::Pending { held, .. } | SubState::CatchingUp { held, .. } => held.push(push),
+            SubState::Pending { held, .. } | SubState::CatchingUp { held, .. } => {
+                held.push(push.clone())
+            }
             SubState::Active { epoch, offset } => {
                 if let PushKind::Message {
                     offset: o,
@@ -1053,13 +1092,15 @@ impl WsSession {
                             // Only a lost link between nodes makes a gap; history fills it.
                             let (epoch, offset) = (Arc::clone(epoch), *offset);
                             let channel = Arc::clone(&push.channel);
-                            return self.catch_up(channel, epoch, offset, vec![push], ctx);
+                            return self.catch_up(channel, epoch, offset, vec![push.clone()], ctx);
                         }
                     }
-                    *epoch = Arc::clone(e);
+                    if !Arc::ptr_eq(e, epoch) {
+                        *epoch = Arc::clone(e);
+                    }
                     *offset = *o;
                 }
-                ctx.text(push.frame);
+                self.frames.text(push.frame.as_bytes());
             }
         }
     }
