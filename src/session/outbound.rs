@@ -106,7 +106,7 @@ impl Outbound {
 }
 
 /// The first allocation of a session's write buffer.
-const WRITE_CHUNK: usize = 4096;
+const WRITE_CHUNK: usize = 512;
 
 /// The text frames one session has written and its socket has not yet been handed. Shared by
 /// the session actor (which writes) and its [`Metered`] stream (which yields); both live on
@@ -119,8 +119,9 @@ impl Frames {
     pub fn text(&self, payload: &[u8]) {
         let mut buf = self.0.take();
         if buf.capacity() == 0 {
-            // One allocation for a typical write's worth of frames, not a regrowth per frame.
-            buf.reserve(WRITE_CHUNK);
+            // Room for a few frames at once rather than a regrowth per frame; small, because an
+            // idle session's one reply leaves its pages touched in the allocator.
+            buf.reserve(WRITE_CHUNK.max(payload.len() + 14));
         }
         Parser::write_message(&mut buf, payload, OpCode::Text, true, false);
         self.0.set(buf);
