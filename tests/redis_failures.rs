@@ -811,3 +811,115 @@ async fn the_same_event_id_through_two_nodes_is_published_once() {
     let (_, history) = get(&a, "/api/history/orders").await;
     assert_eq!(offsets(&history["publications"]), vec![1, 2]);
 }
+
+// ---- A failed watch ----
+
+mod failed_watch {
+    use super::*;
+    use actix::prelude::*;
+    use realtime_hub::engine::EngineError;
+    use realtime_hub::hub::{
+        Connect, Hub, SubOutcome, Subscribe, Unwatch, UseWatcher, Watch, Watcher,
+    };
+    use realtime_hub::metrics::Metrics;
+    use realtime_hub::session::{Control, Outbound, Pushes};
+    use tokio::sync::{mpsc, oneshot};
+
+    /// Stands in for a session: takes pushes and orders, does nothing with them.
+    struct Session;
+    impl Actor for Session {
+        type Context = Context<Self>;
+    }
+    impl Handler<Pushes> for Session {
+        type Result = ();
+        fn handle(&mut self, _: Pushes, _: &mut Context<Self>) {}
+    }
+    impl Handler<Control> for Session {
+        type Result = ();
+        fn handle(&mut self, _: Control, _: &mut Context<Self>) {}
+    }
+
+    /// Stands in for the Redis bridge: hands every watch to the test, which answers it.
+    struct Bridge {
+        watches: mpsc::UnboundedSender<WatchAsked>,
+    }
+    impl Actor for Bridge {
+        type Context = Context<Self>;
+    }
+    impl Handler<Watch> for Bridge {
+        type Result = ResponseFuture<Result<(), EngineError>>;
+        fn handle(&mut self, msg: Watch, _: &mut Context<Self>) -> Self::Result {
+            let (tx, rx) = oneshot::channel();
+            let _ = self.watches.send((msg.channel, tx));
+            Box::pin(async move {
+                rx.await
+                    .unwrap_or_else(|_| Err(EngineError::Unavailable("dropped".into())))
+            })
+        }
+    }
+    impl Handler<Unwatch> for Bridge {
+        type Result = ();
+        fn handle(&mut self, _: Unwatch, _: &mut Context<Self>) {}
+    }
+
+    type WatchAsked = (String, oneshot::Sender<Result<(), EngineError>>);
+
+    /// The next watch the Hub asks for, if one comes within the wait.
+    async fn next_watch(watches: &mut mpsc::UnboundedReceiver<WatchAsked>) -> Option<WatchAsked> {
+        tokio::time::timeout(WAIT, watches.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// A subscriber that arrives after a watch failed, while the failed subscriber is still
+    /// registered (its rollback not yet in), gets a watch of its own and is answered only
+    /// once that watch succeeded, never at once with nothing delivering the channel.
+    #[actix_rt::test]
+    async fn a_subscriber_after_a_failed_watch_waits_for_a_new_watch() {
+        let (tx, mut watches) = mpsc::unbounded_channel();
+        let bridge = Bridge { watches: tx }.start();
+        let hub = Hub::new(1 << 20, Metrics::new()).start();
+        hub.send(UseWatcher(Watcher {
+            watch: bridge.clone().recipient(),
+            unwatch: bridge.recipient(),
+        }))
+        .await
+        .expect("hub");
+        let session = Session.start();
+        for client in ["failed", "later"] {
+            hub.send(Connect {
+                client: client.into(),
+                user: client.to_owned(),
+                push: session.clone().recipient(),
+                control: session.clone().recipient(),
+                outbound: Outbound::new(1 << 20),
+            })
+            .await
+            .expect("hub");
+        }
+        let subscribe = |client: &str| {
+            hub.send(Subscribe {
+                client: client.into(),
+                channel: "x".to_owned(),
+            })
+        };
+
+        let failed = actix_rt::spawn(subscribe("failed"));
+        let (channel, answer) = next_watch(&mut watches).await.expect("the first watch");
+        assert_eq!(channel, "x");
+        let _ = answer.send(Err(EngineError::Unavailable("redis is down".into())));
+        let refused = failed.await.expect("task").expect("hub");
+        assert!(refused.is_err(), "{refused:?}");
+
+        // "failed" is still registered: no Unsubscribe was sent for it.
+        let later = actix_rt::spawn(subscribe("later"));
+        let (channel, answer) = next_watch(&mut watches)
+            .await
+            .expect("no new watch for the later subscriber");
+        assert_eq!(channel, "x");
+        let _ = answer.send(Ok(()));
+        let answered = later.await.expect("task").expect("hub");
+        assert_eq!(answered, Ok(SubOutcome::Added));
+    }
+}
