@@ -45,6 +45,17 @@ impl Node for TestApp {
     }
 }
 
+/// A Redis server a node can be pointed at.
+trait Redis {
+    fn url(&self) -> String;
+}
+
+impl Redis for RedisServer {
+    fn url(&self) -> String {
+        RedisServer::url(self)
+    }
+}
+
 /// The real binary as a subprocess; dropping it SIGKILLs it if it still runs.
 struct HubProcess {
     child: Child,
@@ -62,7 +73,7 @@ impl Node for HubProcess {
 impl HubProcess {
     /// Starts node `node` on `redis` (1 s heartbeat, the test secret and API key, plus
     /// `extra` variables) and waits until it reports ready.
-    async fn start(redis: &RedisServer, node: &str, extra: &[(&str, &str)]) -> HubProcess {
+    async fn start(redis: &impl Redis, node: &str, extra: &[(&str, &str)]) -> HubProcess {
         let addr = format!("127.0.0.1:{}", free_port());
         let heartbeat = HEARTBEAT.as_secs().to_string();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_realtime-hub"));
@@ -164,7 +175,21 @@ where
 /// connections before its Redis link is up, and answers `unavailable` until then, as its
 /// `/ready` says.
 async fn ready_node(redis: &RedisServer, node: &str, extra: &[&str]) -> TestApp {
-    let app = spawn_node(redis, node, extra);
+    ready_node_on(&redis.url(), node, "1", extra).await
+}
+
+/// An in-process node on the Redis at `url` with the given heartbeat (s), once ready.
+async fn ready_node_on(url: &str, node: &str, heartbeat_s: &str, extra: &[&str]) -> TestApp {
+    let mut args = vec![
+        "--redis-url",
+        url,
+        "--node-id",
+        node,
+        "--node-heartbeat-s",
+        heartbeat_s,
+    ];
+    args.extend_from_slice(extra);
+    let app = spawn_app_with(&args);
     let ready = poll_until(WAIT, || async { get(&app, "/ready").await.0 == 200 }).await;
     assert!(ready, "node {node} never became ready");
     app
@@ -810,6 +835,85 @@ async fn the_same_event_id_through_two_nodes_is_published_once() {
     assert_eq!(delivered[0], delivered[1], "one publication, one content");
     let (_, history) = get(&a, "/api/history/orders").await;
     assert_eq!(offsets(&history["publications"]), vec![1, 2]);
+}
+
+// ---- Tools for the failures below ----
+
+/// A direct (blocking) connection to `redis`, for looking at or breaking what the hub keeps.
+fn redis_conn(url: &str) -> redis::Connection {
+    redis::Client::open(url)
+        .and_then(|c| c.get_connection())
+        .expect("a Redis connection")
+}
+
+/// The user ids of a `presence` answer's clients, sorted.
+fn users_of(clients: &Value) -> Vec<String> {
+    let mut users: Vec<String> = clients
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["user"].as_str().map(str::to_owned))
+        .collect();
+    users.sort();
+    users
+}
+
+// ---- What an error means ----
+
+/// A command Redis refuses (a wrong-typed key makes the publish script fail) answers
+/// `internal` over WebSocket and 500 over HTTP, and the node stays ready: Redis answered.
+#[actix_rt::test]
+async fn a_command_redis_refuses_answers_internal_and_the_node_stays_ready() {
+    let redis = RedisServer::start();
+    let a = ready_node(&redis, "a", &[]).await;
+    let _: () = redis::cmd("SET")
+        .arg(realtime_hub::engine::redis::Keys::new("hub").meta("broken"))
+        .arg("not a hash")
+        .query(&mut redis_conn(&redis.url()))
+        .expect("SET");
+
+    let (status, body) = post(&a, "/api/publish", json!({"channel": "broken", "data": 1})).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (500, Some("internal")),
+        "{body}"
+    );
+    let mut c = connect(&a, "u").await;
+    let reply = c
+        .request(json!({"type": "publish", "channel": "broken", "data": 1}))
+        .await;
+    assert_eq!(reply["code"], "internal", "{reply}");
+    assert_eq!(
+        get(&a, "/ready").await.0,
+        200,
+        "{}",
+        get(&a, "/ready").await.1
+    );
+    api_publish(&a, "fine", json!(1)).await;
+}
+
+/// A presence write Redis refuses is not retried ahead of the writes behind it: the next
+/// subscriber's `subscribed` comes at once, and presence lists it.
+#[actix_rt::test]
+async fn a_presence_write_redis_refuses_does_not_hold_up_the_next() {
+    let redis = RedisServer::start();
+    // The default heartbeat: a refused write used to be retried for a whole lease (15 s).
+    let a = ready_node_on(&redis.url(), "a", "5", &[]).await;
+    let _: () = redis::cmd("SET")
+        .arg(realtime_hub::engine::redis::Keys::new("hub").presence("chat:bad"))
+        .arg("not a hash")
+        .query(&mut redis_conn(&redis.url()))
+        .expect("SET");
+    let mut first = connect(&a, "first").await;
+    first.subscribe("chat:bad").await;
+
+    let mut next = connect(&a, "next").await;
+    let started = Instant::now();
+    next.subscribe("chat:good").await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(1), "subscribed after {took:?}");
+    let (_, body) = get(&a, "/api/presence/chat:good").await;
+    assert_eq!(users_of(&body["clients"]), ["next"], "{body}");
 }
 
 // ---- A failed watch ----

@@ -8,7 +8,7 @@ use std::sync::{Arc, Weak};
 use actix::Recipient;
 use redis::AsyncCommands;
 
-use super::{presence_member, RedisEngine, StoredClient};
+use super::{classify, presence_member, Failure, RedisEngine, StoredClient};
 use crate::auth::unix_millis;
 use crate::engine::{EngineError, NodeInfo};
 use crate::hub;
@@ -37,10 +37,16 @@ pub fn start_heartbeat(engine: &Arc<RedisEngine>, stats: Recipient<hub::Stats>) 
             };
             match beat(&engine, &figures, started_ms).await {
                 Ok(()) => engine.health.ok(),
-                Err(e) => {
+                Err(e) if classify(&e) == Failure::Unreachable => {
                     engine.health.failed(&e);
                     log::warn!(error:% = e; "heartbeat failed");
                     continue;
+                }
+                // Redis answered, refusing part of the pipeline (a key of the wrong type,
+                // memory full); the rest of it was applied.
+                Err(e) => {
+                    engine.health.ok();
+                    log::warn!(error:% = e; "heartbeat partly refused by redis");
                 }
             }
             if let Err(e) = remove_dead_nodes(&engine).await {

@@ -7,6 +7,12 @@
 //! `HUB_NODE_HEARTBEAT_S` (see [`cluster`]); Redis 7.0 has no per-field expiry, so leases are
 //! sorted sets scored by expiry time. A node that stops renewing is removed by the others, its
 //! presence entries with `leave` pushes.
+//!
+//! Redis errors come in three kinds (see [`Failure`]): Redis unreachable (I/O, timeouts, a
+//! server still loading), which marks the node not ready and answers `unavailable`; Redis full
+//! (out of memory under `noeviction`), answered `unavailable` while the node stays ready for
+//! what still works; and Redis refusing a command (a wrong-typed key, a script error), a fault
+//! answered `internal` while the node stays ready.
 
 mod cluster;
 mod keys;
@@ -15,12 +21,12 @@ mod scripts;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures_util::future::BoxFuture;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::Value;
+use redis::{ErrorKind, ServerErrorKind, Value};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
@@ -101,6 +107,49 @@ impl RedisSettings {
     }
 }
 
+/// What a Redis error means for the caller and for `/ready`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    /// Redis cannot be reached now: the connection failed, timed out or dropped, or the server
+    /// is loading its data, busy with a script or failing over. Retrying later may work; the
+    /// node is not ready meanwhile; callers hear `unavailable`.
+    Unreachable,
+    /// Redis answered but takes no writes now (out of memory under `noeviction`). Retrying
+    /// later may work; callers hear `unavailable`, but the node stays ready: reads still work,
+    /// and every node would be taken out of its load balancer at once.
+    Full,
+    /// Redis refused the command itself (a key of the wrong type, a script error): a fault
+    /// that retrying will not fix, answered `internal`.
+    Refused,
+}
+
+fn classify(e: &redis::RedisError) -> Failure {
+    let unreachable = e.is_io_error()
+        || matches!(
+            e.kind(),
+            ErrorKind::Server(
+                ServerErrorKind::BusyLoading
+                    | ServerErrorKind::TryAgain
+                    | ServerErrorKind::ClusterDown
+                    | ServerErrorKind::MasterDown
+            ) | ErrorKind::ClusterConnectionNotFound
+        )
+        || e.code() == Some("BUSY");
+    if unreachable {
+        return Failure::Unreachable;
+    }
+    // A pipeline's error carries each failed command's own.
+    let out_of_memory = e.code() == Some("OOM")
+        || e.clone()
+            .into_server_errors()
+            .is_some_and(|errors| errors.iter().any(|(_, err)| err.code() == "OOM"));
+    if out_of_memory {
+        Failure::Full
+    } else {
+        Failure::Refused
+    }
+}
+
 /// A presence entry of this node, re-asserted at every heartbeat.
 struct LocalPresence {
     info: ClientInfo,
@@ -114,6 +163,20 @@ struct Local {
     presence: HashMap<String, HashMap<String, LocalPresence>>,
     /// client → user, for every connection slot held.
     slots: HashMap<String, String>,
+}
+
+/// Most fire-and-forget writes waiting at once. Past it a `join` fails at once (`unavailable`)
+/// and other writes are dropped: the heartbeat re-asserts every entry this node still holds,
+/// and the leases of those it let go expire by themselves.
+const OPS_QUEUE: usize = 65_536;
+
+/// How long the writer waits before trying again while Redis is unreachable, at most.
+const OPS_RETRY_CAP: Duration = Duration::from_millis(500);
+
+/// A write and when it was made: it is worth applying for one lease from then, no longer.
+struct Queued {
+    op: Op,
+    made: Instant,
 }
 
 /// Writes nobody waits for, applied in the order they were made.
@@ -145,8 +208,11 @@ pub struct RedisEngine {
     keys: Keys,
     scripts: Arc<Scripts>,
     settings: RedisSettings,
-    /// Fire-and-forget writes, to the one task that applies them in order.
-    ops: mpsc::UnboundedSender<Op>,
+    /// Fire-and-forget writes, to the one task that applies them in order; bounded by
+    /// [`OPS_QUEUE`]. The task ends when the engine (this sender) is dropped.
+    ops: mpsc::Sender<Queued>,
+    /// Set once the ops queue overflowed, so that one warning covers the whole overflow.
+    ops_full: AtomicBool,
     local: Mutex<Local>,
     pub health: Arc<Health>,
 }
@@ -168,10 +234,6 @@ impl StoredClient {
             info: s.info.map(Arc::from),
         })
     }
-}
-
-fn unavailable(e: redis::RedisError) -> EngineError {
-    EngineError::Unavailable(e.to_string())
 }
 
 fn int(v: &Value) -> Option<i64> {
@@ -230,13 +292,14 @@ impl RedisEngine {
             .set_max_delay(Duration::from_millis(500));
         let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
             .map_err(|e| format!("HUB_REDIS_URL: {e}"))?;
-        let (ops, rx) = mpsc::unbounded_channel();
+        let (ops, rx) = mpsc::channel(OPS_QUEUE);
         let engine = Arc::new(RedisEngine {
             conn,
             keys,
             scripts: Arc::new(Scripts::new()),
             settings,
             ops,
+            ops_full: AtomicBool::new(false),
             local: Mutex::new(Local::default()),
             health: Arc::new(Health::default()),
         });
@@ -254,22 +317,58 @@ impl RedisEngine {
         self.conn.clone()
     }
 
-    /// Runs a command, recording whether Redis answered.
+    /// A command's answer, recording whether Redis answered at all.
     async fn answered<T>(&self, result: redis::RedisResult<T>) -> Result<T, EngineError> {
-        match result {
-            Ok(v) => {
-                self.health.ok();
-                Ok(v)
+        result
+            .inspect(|_| self.health.ok())
+            .map_err(|e| self.failure(&e))
+    }
+
+    /// What a failed command means for the caller, and for `/ready`: only an unreachable
+    /// Redis marks the node not ready; a command Redis refused is a fault of its own.
+    fn failure(&self, e: &redis::RedisError) -> EngineError {
+        match classify(e) {
+            Failure::Unreachable => {
+                self.health.failed(e);
+                EngineError::Unavailable(e.to_string())
             }
-            Err(e) => {
-                self.health.failed(&e);
-                Err(unavailable(e))
+            Failure::Full => {
+                self.health.ok();
+                EngineError::Unavailable(e.to_string())
+            }
+            Failure::Refused => {
+                self.health.ok();
+                EngineError::Internal(e.to_string())
             }
         }
     }
 
     fn lease_expiry(&self) -> u64 {
         unix_millis() + self.settings.lease().as_millis() as u64
+    }
+
+    /// Queues a fire-and-forget write; `false` when the queue is full (the write is dropped).
+    fn enqueue(&self, op: Op) -> bool {
+        let queued = Queued {
+            op,
+            made: Instant::now(),
+        };
+        match self.ops.try_send(queued) {
+            Ok(()) => {
+                self.ops_full.store(false, Ordering::Relaxed);
+                true
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if !self.ops_full.swap(true, Ordering::Relaxed) {
+                    log::warn!(
+                        queued = OPS_QUEUE;
+                        "presence and slot writes are not keeping up: dropping new ones"
+                    );
+                }
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
     }
 
     fn ttl_s(&self) -> u64 {
@@ -356,37 +455,81 @@ fn presence_member(announce: bool, channel: &str, client: &str) -> String {
     format!("{}\n{channel}\n{client}", u8::from(announce))
 }
 
-/// The ordered writer of fire-and-forget operations. A write that fails is retried with
-/// backoff while its effect still matters (within a lease: after that the heartbeat's
-/// re-assertion or lease expiry settles the state anyway).
-async fn apply_ops(engine: std::sync::Weak<RedisEngine>, mut rx: mpsc::UnboundedReceiver<Op>) {
-    while let Some(mut op) = rx.recv().await {
+/// The ordered writer of fire-and-forget operations. Each write is worth applying for one
+/// lease after it was made (after that the heartbeat's re-assertion or lease expiry has settled
+/// the state anyway): while Redis is unreachable the writer retries the oldest write with
+/// backoff, and a write whose lease has passed is dropped without another try, so after an
+/// outage of any length the backlog is at most one lease old (the same holds while Redis is
+/// full). A write Redis refuses (a server error) is not retried: it would fail again, and hold
+/// up every write behind it.
+async fn apply_ops(engine: std::sync::Weak<RedisEngine>, mut rx: mpsc::Receiver<Queued>) {
+    // Writes given up since the last one that succeeded: one warning per outage, not per write.
+    let mut given_up = 0u64;
+    while let Some(Queued { mut op, made }) = rx.recv().await {
         let Some(e) = engine.upgrade() else {
             return;
         };
-        let started = std::time::Instant::now();
+        let until = made + e.settings.lease();
         let mut delay = Duration::from_millis(50);
         let outcome = loop {
+            if Instant::now() >= until {
+                break Err(EngineError::Unavailable(
+                    "redis stayed unreachable for a lease".into(),
+                ));
+            }
             match e.apply(&op).await {
                 Ok(()) => {
                     e.health.ok();
                     break Ok(());
                 }
+                Err(err) if classify(&err) != Failure::Refused => {
+                    e.failure(&err);
+                    let left = until.saturating_duration_since(Instant::now());
+                    tokio::time::sleep(delay.min(left)).await;
+                    delay = (delay * 2).min(OPS_RETRY_CAP);
+                }
                 Err(err) => {
-                    e.health.failed(&err);
-                    if started.elapsed() > e.settings.lease() {
-                        log::warn!("error=\"{err}\" presence or slot update dropped after retries");
-                        break Err(unavailable(err));
-                    }
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
+                    e.health.ok();
+                    log::warn!(
+                        error:% = err, write = op.name();
+                        "redis refused a presence or slot write; dropped"
+                    );
+                    break Err(EngineError::Internal(err.to_string()));
                 }
             }
         };
+        match &outcome {
+            Ok(()) if given_up > 0 => {
+                log::info!(given_up = given_up; "presence and slot writes resumed");
+                given_up = 0;
+            }
+            Err(EngineError::Unavailable(why)) => {
+                if given_up == 0 {
+                    log::warn!(
+                        error = why.as_str(), write = op.name();
+                        "presence or slot write given up; the heartbeat settles it later"
+                    );
+                }
+                given_up += 1;
+            }
+            _ => {}
+        }
         if let Op::Join { ack, .. } = &mut op {
             if let Some(ack) = ack.take() {
                 let _ = ack.send(outcome);
             }
+        }
+    }
+}
+
+impl Op {
+    /// For logs.
+    fn name(&self) -> &'static str {
+        match self {
+            Op::Join { .. } => "join",
+            Op::Leave { .. } => "leave",
+            Op::Release { .. } => "release",
+            Op::Control(_) => "control",
         }
     }
 }
@@ -556,7 +699,7 @@ impl Engine for RedisEngine {
                 },
             );
         let (ack, done) = oneshot::channel();
-        let queued = self.ops.send(Op::Join {
+        let queued = self.enqueue(Op::Join {
             channel: channel.to_owned(),
             client: id,
             entry,
@@ -565,8 +708,11 @@ impl Engine for RedisEngine {
             ack: Some(ack),
         });
         Box::pin(async move {
-            if queued.is_err() {
-                return Err(EngineError::Unavailable("the engine is stopping".into()));
+            if !queued {
+                // The heartbeat writes the entry (it is in `local`), without the `join` push.
+                return Err(EngineError::Unavailable(
+                    "too many presence writes waiting".into(),
+                ));
             }
             done.await
                 .unwrap_or_else(|_| Err(EngineError::Unavailable("the engine is stopping".into())))
@@ -596,7 +742,7 @@ impl Engine for RedisEngine {
             .encode()
             .to_string()
         });
-        let _ = self.ops.send(Op::Leave {
+        self.enqueue(Op::Leave {
             channel: channel.to_owned(),
             client: client.to_owned(),
             announce: entry.announce,
@@ -652,7 +798,7 @@ impl Engine for RedisEngine {
 
     fn release_connection(&self, user: &str, client: &str) {
         if self.lock().slots.remove(client).is_some() {
-            let _ = self.ops.send(Op::Release {
+            self.enqueue(Op::Release {
                 user: user.to_owned(),
                 client: client.to_owned(),
             });
@@ -677,7 +823,7 @@ impl Engine for RedisEngine {
             node: self.settings.node_id.clone(),
         };
         if let Ok(text) = serde_json::to_string(&message) {
-            let _ = self.ops.send(Op::Control(text));
+            self.enqueue(Op::Control(text));
         }
     }
 }
