@@ -846,6 +846,84 @@ fn redis_conn(url: &str) -> redis::Connection {
         .expect("a Redis connection")
 }
 
+/// A `redis-server` that keeps what it acknowledged across a SIGKILL (append-only file,
+/// fsynced before every answer), restarted on the same port with the same data.
+struct DurableRedis {
+    port: u16,
+    dir: std::path::PathBuf,
+    child: Option<Child>,
+}
+
+impl Redis for DurableRedis {
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+}
+
+impl DurableRedis {
+    fn start() -> DurableRedis {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!(
+            "realtime-hub-durable-redis-{}-{port}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("a data directory");
+        let mut redis = DurableRedis {
+            port,
+            dir,
+            child: None,
+        };
+        redis.launch();
+        redis
+    }
+
+    fn launch(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .args([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        self.child = Some(child);
+        let deadline = Instant::now() + WAIT;
+        // Until it has loaded its data it answers LOADING, not PONG.
+        while !redis::Client::open(self.url())
+            .and_then(|c| c.get_connection())
+            .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+            .is_ok_and(|pong| pong == "PONG")
+        {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL: whatever it answered before is on disk.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for DurableRedis {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// The user ids of a `presence` answer's clients, sorted.
 fn users_of(clients: &Value) -> Vec<String> {
     let mut users: Vec<String> = clients
@@ -856,6 +934,170 @@ fn users_of(clients: &Value) -> Vec<String> {
         .collect();
     users.sort();
     users
+}
+
+// ---- Leases and dead nodes ----
+
+/// The `leave` pushes of a killed node's clients reach subscribers on every other node even
+/// when presence is queried while its leases have run out but it is not yet removed: a
+/// presence query hides expired entries without deleting them (and their `leave`).
+#[actix_rt::test]
+async fn leaves_of_a_killed_node_reach_every_node_even_if_presence_is_queried_meanwhile() {
+    let redis = RedisServer::start();
+    let one = ready_node(&redis, "one", &[]).await;
+    let two = ready_node(&redis, "two", &[]).await;
+    let mut doomed = HubProcess::start(&redis, "doomed", &[]).await;
+    let mut on_one = connect(&one, "ann").await;
+    on_one.subscribe("chat:room").await;
+    let mut on_two = connect(&two, "bea").await;
+    on_two.subscribe("chat:room").await;
+    let mut victim = connect(&doomed, "vic").await;
+    victim.subscribe("chat:room").await;
+    let victim_id = victim.client_id();
+    for c in [&mut on_one, &mut on_two] {
+        let join = c.next_of_within("join", WAIT).await.expect("join of vic");
+        if join["user"] == "bea" {
+            let again = c.next_of_within("join", WAIT).await.expect("join of vic");
+            assert_eq!(again["client"], victim_id.as_str(), "{again}");
+        } else {
+            assert_eq!(join["client"], victim_id.as_str(), "{join}");
+        }
+    }
+    assert_eq!(present_clients(&one, "chat:room").await.len(), 3);
+
+    doomed.kill();
+    let killed = Instant::now();
+    let bound = HEARTBEAT * 4 + MARGIN;
+    // Queried all along, on both survivors: the victim vanishes from presence first (its
+    // lease ran out), and is removed with its `leave` a heartbeat later at most.
+    let gone = poll_until(bound, || async {
+        let here = present_clients(&one, "chat:room").await;
+        let there = present_clients(&two, "chat:room").await;
+        !here.contains(&victim_id) && !there.contains(&victim_id)
+    })
+    .await;
+    assert!(gone, "presence still lists the killed node's client");
+    for (name, c) in [("one", &mut on_one), ("two", &mut on_two)] {
+        let left = bound.saturating_sub(killed.elapsed()) + HEARTBEAT;
+        let leave = c
+            .next_of_within("leave", left)
+            .await
+            .unwrap_or_else(|| panic!("no leave of the killed node's client on node {name}"));
+        assert_eq!(
+            (leave["client"].as_str(), leave["user"].as_str()),
+            (Some(victim_id.as_str()), Some("vic")),
+            "{leave}"
+        );
+    }
+    assert_eq!(listed_nodes(&one).await, ["one", "two"]);
+}
+
+/// Redis restarted with its data after an outage longer than three heartbeats (every lease in
+/// it has run out) does not make the nodes take each other for dead once it is back: neither
+/// removes the other, no `leave` is pushed, presence is unchanged.
+#[actix_rt::test]
+async fn a_redis_restart_with_data_after_every_lease_ran_out_removes_no_node() {
+    let mut redis = DurableRedis::start();
+    let mut a = HubProcess::start(&redis, "a", &[]).await;
+    let mut b = HubProcess::start(&redis, "b", &[]).await;
+    let mut on_a = connect(&a, "alice").await;
+    on_a.subscribe("chat:room").await;
+    let mut on_b = connect(&b, "bob").await;
+    on_b.subscribe("chat:room").await;
+    assert_eq!(on_a.next_of("join").await["user"], "bob");
+    let mut everyone = vec![on_a.client_id(), on_b.client_id()];
+    everyone.sort();
+    assert!(
+        poll_until(WAIT, || async {
+            listed_nodes(&a).await == ["a", "b"]
+                && present_clients(&b, "chat:room").await == everyone
+        })
+        .await,
+        "the cluster before the outage"
+    );
+
+    redis.kill();
+    for node in [&a, &b] {
+        assert!(
+            poll_until(WAIT, || async { get(node, "/ready").await.0 == 503 }).await,
+            "/ready stayed 200 with Redis down"
+        );
+    }
+    // The scenario itself: every lease kept in Redis (three heartbeats) runs out meanwhile.
+    tokio::time::sleep(HEARTBEAT * 3 + MARGIN).await;
+    redis.launch();
+    for node in [&a, &b] {
+        assert!(
+            poll_until(WAIT, || async { get(node, "/ready").await.0 == 200 }).await,
+            "/ready did not come back after the restart"
+        );
+    }
+
+    // A wrong removal would come at the first beats after the restart; give it a lease and
+    // more.
+    let watch = HEARTBEAT * 5;
+    let (leave_a, leave_b) = tokio::join!(
+        on_a.next_of_within("leave", watch),
+        on_b.next_of_within("leave", watch)
+    );
+    assert_eq!((leave_a, leave_b), (None, None), "a node was taken for dead");
+    for node in [&a, &b] {
+        let log = node.stderr_text();
+        assert!(
+            !log.contains("removing a node that stopped renewing"),
+            "a node was taken for dead:\n{log}"
+        );
+    }
+    assert_eq!(present_clients(&a, "chat:room").await, everyone);
+    a.assert_healthy();
+    b.assert_healthy();
+}
+
+/// A node that was alive after all when another took it for dead (its lease ran out, as when
+/// it is cut off from Redis for a lease) announces its clients again: the `leave` the others
+/// got is followed by a `join`, and presence lists them again.
+#[actix_rt::test]
+async fn a_live_node_taken_for_dead_announces_its_clients_again() {
+    let redis = RedisServer::start();
+    let a = ready_node(&redis, "a", &[]).await;
+    let b = ready_node(&redis, "b", &[]).await;
+    let mut on_a = connect(&a, "alice").await;
+    on_a.subscribe("chat:room").await;
+    let mut on_b = connect(&b, "bob").await;
+    on_b.subscribe("chat:room").await;
+    assert_eq!(on_a.next_of("join").await["user"], "bob");
+
+    // Node b's lease looks run out (score 0) until node a removes it.
+    let mut conn = redis_conn(&redis.url());
+    let nodes = realtime_hub::engine::redis::Keys::new("hub").nodes();
+    let deadline = Instant::now() + HEARTBEAT * 6 + MARGIN;
+    let leave = loop {
+        let _: i64 = redis::cmd("ZADD")
+            .arg(&nodes)
+            .arg(0)
+            .arg("b")
+            .query(&mut conn)
+            .expect("ZADD");
+        if let Some(leave) = on_a.next_of_within("leave", Duration::from_millis(50)).await {
+            break leave;
+        }
+        assert!(Instant::now() < deadline, "node a never removed node b");
+    };
+    assert_eq!(leave["user"], "bob", "{leave}");
+
+    let join = on_a
+        .next_of_within("join", HEARTBEAT * 3 + MARGIN)
+        .await
+        .expect("bob was never announced again");
+    assert_eq!(join["user"], "bob", "{join}");
+    let bob = on_b.client_id();
+    assert!(
+        poll_until(WAIT, || async {
+            present_clients(&a, "chat:room").await.contains(&bob)
+        })
+        .await,
+        "presence does not list bob again"
+    );
 }
 
 // ---- What an error means ----

@@ -1,9 +1,15 @@
 //! The cluster-wide state of the Redis engine: this node's heartbeat (its own lease, figures
 //! and channel counts, and the renewal of every presence entry and connection slot it holds),
 //! the removal of nodes that stopped renewing, and the views built from all live nodes.
+//!
+//! Leases are scored on the Redis server's clock. A node removes others only once it has
+//! itself renewed without a failure for a whole lease: after an outage (or a Redis pause) every
+//! lease has run out, and the first node back must give the others a lease's time to renew
+//! theirs before it takes them for dead.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
+use std::time::Instant;
 
 use actix::Recipient;
 use redis::AsyncCommands;
@@ -22,6 +28,10 @@ pub fn start_heartbeat(engine: &Arc<RedisEngine>, stats: Recipient<hub::Stats>) 
     let started_ms = unix_millis();
     actix::spawn(async move {
         let mut tick = tokio::time::interval(period);
+        // A beat slower than the period (a timeout) is followed by one beat, not a burst.
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Since when every beat has succeeded; `None` until the first, and after a failure.
+        let mut steady_since: Option<Instant> = None;
         loop {
             tick.tick().await;
             let Some(engine) = weak.upgrade() else {
@@ -36,28 +46,38 @@ pub fn start_heartbeat(engine: &Arc<RedisEngine>, stats: Recipient<hub::Stats>) 
                 break;
             };
             match beat(&engine, &figures, started_ms).await {
-                Ok(()) => engine.health.ok(),
-                Err(e) if classify(&e) == Failure::Unreachable => {
-                    engine.health.failed(&e);
-                    log::warn!(error:% = e; "heartbeat failed");
-                    continue;
+                Ok(()) => {
+                    engine.health.ok();
+                    engine.health.beat_published();
+                    steady_since.get_or_insert_with(Instant::now);
                 }
-                // Redis answered, refusing part of the pipeline (a key of the wrong type,
-                // memory full); the rest of it was applied.
+                // Whatever failed, a node that could not renew cleanly does not judge others
+                // by their leases until it has again for a whole lease.
                 Err(e) => {
+                    steady_since = None;
+                    if classify(&e) == Failure::Unreachable {
+                        engine.health.failed(&e);
+                        log::warn!(error:% = e; "heartbeat failed");
+                        continue;
+                    }
+                    // Redis answered, refusing part of the pipeline (a key of the wrong type,
+                    // memory full); the rest of it was applied.
                     engine.health.ok();
                     log::warn!(error:% = e; "heartbeat partly refused by redis");
                 }
             }
-            if let Err(e) = remove_dead_nodes(&engine).await {
-                log::warn!(error:% = e; "dead node cleanup failed");
+            if steady_since.is_some_and(|t| t.elapsed() >= engine.settings.lease()) {
+                if let Err(e) = remove_dead_nodes(&engine).await {
+                    log::warn!(error:% = e; "dead node cleanup failed");
+                }
             }
         }
     });
 }
 
 /// One renewal, as one pipeline. Presence entries and slots are written in full, not just
-/// touched, so state lost in a Redis restart comes back by itself.
+/// touched, so state lost in a Redis restart (or removed by a node that took this one for
+/// dead) comes back by itself; in the second case this node's clients are announced again.
 async fn beat(
     engine: &RedisEngine,
     figures: &hub::NodeStats,
@@ -66,6 +86,8 @@ async fn beat(
     let keys = &engine.keys;
     let node = &engine.settings.node_id;
     let lease_ms = engine.settings.lease().as_millis() as i64;
+    let mut conn = engine.conn();
+    engine.clock.sync(&mut conn).await?;
     let expiry = engine.lease_expiry();
     let mut pipe = redis::pipe();
     pipe.zadd(keys.nodes(), node, expiry).ignore();
@@ -126,7 +148,46 @@ async fn beat(
     if let Ok(text) = serde_json::to_string(&NodeMessage::Heartbeat { node: node.clone() }) {
         pipe.publish(keys.control(), text).ignore();
     }
-    pipe.query_async::<()>(&mut engine.conn()).await
+    pipe.cmd("GETDEL").arg(keys.node_removed(node));
+    let (removed,): (Option<String>,) = pipe.query_async(&mut conn).await?;
+    if let Some(by) = removed {
+        announce_again(engine, &by, &mut conn).await?;
+    }
+    Ok(())
+}
+
+/// Another node took this one for dead and sent `leave` for its clients; the heartbeat has
+/// just written their entries back, so the others now hear `join` for them.
+async fn announce_again(
+    engine: &RedisEngine,
+    by: &str,
+    conn: &mut redis::aio::ConnectionManager,
+) -> redis::RedisResult<()> {
+    let mut pipe = redis::pipe();
+    let mut announced = 0usize;
+    {
+        let local = engine.lock();
+        for (channel, clients) in &local.presence {
+            for entry in clients.values().filter(|e| e.announce) {
+                let frame = ServerFrame::Join {
+                    channel,
+                    client: &entry.info,
+                }
+                .encode()
+                .to_string();
+                pipe.publish(engine.keys.topic(channel), frame).ignore();
+                announced += 1;
+            }
+        }
+    }
+    log::warn!(
+        removed_by = by, announced = announced;
+        "this node had been taken for dead: announcing its clients again"
+    );
+    if announced == 0 {
+        return Ok(());
+    }
+    pipe.query_async::<()>(conn).await
 }
 
 /// Removes every node whose lease expired. Exactly one live node wins each removal (ZREM
@@ -134,9 +195,8 @@ async fn beat(
 async fn remove_dead_nodes(engine: &RedisEngine) -> redis::RedisResult<()> {
     let keys = &engine.keys;
     let mut conn = engine.conn();
-    let dead: Vec<String> = conn
-        .zrangebyscore(keys.nodes(), "-inf", unix_millis())
-        .await?;
+    let now = engine.clock.sync(&mut conn).await?;
+    let dead: Vec<String> = conn.zrangebyscore(keys.nodes(), "-inf", now).await?;
     for node in dead.into_iter().filter(|n| *n != engine.settings.node_id) {
         let won: i64 = conn.zrem(keys.nodes(), &node).await?;
         if won != 1 {
@@ -175,12 +235,19 @@ async fn remove_dead_nodes(engine: &RedisEngine) -> redis::RedisResult<()> {
                 .invoke_async::<i64>(&mut conn)
                 .await?;
         }
+        let tombstone_ms = engine.settings.lease().as_millis() as u64 * 10;
         let _: () = redis::pipe()
             .del(keys.node_presence(&node))
             .ignore()
             .del(keys.node_info(&node))
             .ignore()
             .del(keys.node_channels(&node))
+            .ignore()
+            .cmd("SET")
+            .arg(keys.node_removed(&node))
+            .arg(&engine.settings.node_id)
+            .arg("PX")
+            .arg(tombstone_ms)
             .ignore()
             .query_async(&mut conn)
             .await?;
@@ -193,8 +260,12 @@ async fn other_live_nodes(engine: &RedisEngine) -> Result<Vec<String>, EngineErr
     let mut conn = engine.conn();
     let live: Vec<String> = engine
         .answered(
-            conn.zrangebyscore(engine.keys.nodes(), unix_millis(), "+inf")
-                .await,
+            conn.zrangebyscore(
+                engine.keys.nodes(),
+                format!("({}", engine.clock.now_ms()),
+                "+inf",
+            )
+            .await,
         )
         .await?;
     Ok(live

@@ -65,6 +65,13 @@ impl Keys {
         format!("{}:node:{node}:presence", self.prefix)
     }
 
+    /// Set by the node that removed `node` as dead, for ten leases. Should `node` be alive after
+    /// all (cut off from Redis for a lease), it finds this at its next heartbeat and announces
+    /// its clients again with `join`: the others saw them `leave`.
+    pub fn node_removed(&self, node: &str) -> String {
+        format!("{}:node:{node}:removed", self.prefix)
+    }
+
     /// The pub/sub topic of a channel's publications and join/leave.
     pub fn topic(&self, channel: &str) -> String {
         format!("{}:ch:{channel}", self.prefix)

@@ -5,8 +5,9 @@
 //!
 //! Presence entries, connection slots and the node list are leases that this node renews every
 //! `HUB_NODE_HEARTBEAT_S` (see [`cluster`]); Redis 7.0 has no per-field expiry, so leases are
-//! sorted sets scored by expiry time. A node that stops renewing is removed by the others, its
-//! presence entries with `leave` pushes.
+//! sorted sets scored by expiry time, on the Redis server's clock (nodes' own clocks may
+//! disagree). A node that stops renewing is removed by the others, its presence entries with
+//! `leave` pushes.
 //!
 //! Redis errors come in three kinds (see [`Failure`]): Redis unreachable (I/O, timeouts, a
 //! server still loading), which marks the node not ready and answers `unavailable`; Redis full
@@ -19,7 +20,7 @@ mod keys;
 mod scripts;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -50,11 +51,24 @@ pub struct Health {
     /// The last command got an answer.
     commands_ok: AtomicBool,
     last_error: Mutex<String>,
+    /// Heartbeats this node published on the control topic so far (counted by the heartbeat
+    /// task): the bridge expects each to come back over its link, and replaces a link that
+    /// stopped delivering them.
+    beats: AtomicU64,
 }
 
 impl Health {
     fn ok(&self) {
         self.commands_ok.store(true, Ordering::Release);
+    }
+
+    fn beat_published(&self) {
+        self.beats.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// How many heartbeats this node has published on the control topic.
+    pub fn beats_published(&self) -> u64 {
+        self.beats.load(Ordering::Acquire)
     }
 
     fn failed(&self, e: &redis::RedisError) {
@@ -104,6 +118,37 @@ impl RedisSettings {
     /// Leases expire after three missed renewals.
     fn lease(&self) -> Duration {
         self.heartbeat * 3
+    }
+}
+
+/// This node's reading of the Redis server's clock. Lease scores are written and compared in
+/// server time, so nodes whose own clocks disagree still agree on whose lease ran out; the
+/// heartbeat sets the offset from `TIME` at every beat (until the first, the local clock).
+#[derive(Debug, Default)]
+struct ServerClock {
+    /// Server time minus local time, in ms.
+    offset_ms: AtomicI64,
+}
+
+impl ServerClock {
+    /// Unix ms on the server's clock, as well as this node can tell.
+    fn now_ms(&self) -> u64 {
+        let local = i64::try_from(unix_millis()).unwrap_or(i64::MAX);
+        u64::try_from(local.saturating_add(self.offset_ms.load(Ordering::Acquire))).unwrap_or(0)
+    }
+
+    /// Reads `TIME` and takes the offset, assuming the answer was made halfway through the
+    /// round trip. Answers the server's time.
+    async fn sync(&self, conn: &mut ConnectionManager) -> redis::RedisResult<u64> {
+        let sent = unix_millis();
+        let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(conn).await?;
+        let received = unix_millis();
+        let server = secs * 1000 + micros / 1000;
+        let local = sent / 2 + received / 2;
+        let offset =
+            i64::try_from(server).unwrap_or(i64::MAX) - i64::try_from(local).unwrap_or(i64::MAX);
+        self.offset_ms.store(offset, Ordering::Release);
+        Ok(server)
     }
 }
 
@@ -214,6 +259,7 @@ pub struct RedisEngine {
     /// Set once the ops queue overflowed, so that one warning covers the whole overflow.
     ops_full: AtomicBool,
     local: Mutex<Local>,
+    clock: ServerClock,
     pub health: Arc<Health>,
 }
 
@@ -301,6 +347,7 @@ impl RedisEngine {
             ops,
             ops_full: AtomicBool::new(false),
             local: Mutex::new(Local::default()),
+            clock: ServerClock::default(),
             health: Arc::new(Health::default()),
         });
         actix::spawn(apply_ops(Arc::downgrade(&engine), rx));
@@ -343,8 +390,9 @@ impl RedisEngine {
         }
     }
 
+    /// When a lease renewed now runs out, on the server's clock.
     fn lease_expiry(&self) -> u64 {
-        unix_millis() + self.settings.lease().as_millis() as u64
+        self.clock.now_ms() + self.settings.lease().as_millis() as u64
     }
 
     /// Queues a fire-and-forget write; `false` when the queue is full (the write is dropped).
@@ -758,7 +806,6 @@ impl Engine for RedisEngine {
                     .presence
                     .key(self.keys.presence(channel))
                     .key(self.keys.presence_leases(channel))
-                    .arg(unix_millis())
                     .invoke_async(&mut conn)
                     .await,
             )
@@ -781,8 +828,6 @@ impl Engine for RedisEngine {
                 self.scripts
                     .acquire
                     .key(self.keys.connections(user))
-                    .arg(unix_millis())
-                    .arg(self.lease_expiry())
                     .arg(client)
                     .arg(limit)
                     .arg(self.settings.lease().as_millis() as u64)

@@ -1,5 +1,6 @@
 //! The server-side scripts that make each multi-step operation atomic: one script per
-//! operation, touching only one channel's keys (one hash slot).
+//! operation, touching only one channel's keys (one hash slot). Scripts that compare leases
+//! read the time with `TIME` on the server, so every node judges expiry by the same clock.
 
 use redis::Script;
 
@@ -88,28 +89,47 @@ end
 return {offset, epoch, redis.call('LRANGE', history, -limit, -1)}
 "#;
 
-/// Takes one of a user's connection slots if one is free (expired leases are freed first).
-///
-/// KEYS: the user's connection set. ARGV: now (ms), lease expiry (ms), client, limit, key TTL (ms).
-/// Returns 1 when taken.
-const ACQUIRE: &str = r#"
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-if redis.call('ZSCORE', KEYS[1], ARGV[3]) then return 1 end
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then return 0 end
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
-return 1
-"#;
+/// The server's time in Unix ms, as a Lua number (`now`).
+macro_rules! server_now {
+    () => {
+        "local t = redis.call('TIME')\nlocal now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    };
+}
 
-/// A channel's presence, without entries whose lease expired.
+/// Takes one of a user's connection slots if one is free (expired leases are freed first: a
+/// slot carries no `leave`, so nothing is lost by freeing it here).
 ///
-/// KEYS: presence hash, presence leases. ARGV: now (ms). Returns the entries (JSON).
-const PRESENCE: &str = r#"
-local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
-for _, client in ipairs(expired) do redis.call('HDEL', KEYS[1], client) end
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
-return redis.call('HVALS', KEYS[1])
-"#;
+/// KEYS: the user's connection set. ARGV: client, limit, lease (ms), which is also the key's TTL.
+/// Returns 1 when taken.
+const ACQUIRE: &str = concat!(
+    server_now!(),
+    r#"
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%d', now))
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 1 end
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], string.format('%d', now + tonumber(ARGV[3])), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+"#
+);
+
+/// A channel's presence, without entries whose lease expired. Expired entries are only
+/// skipped, not deleted: removing them is the dead-node sweep's job, which sends their `leave`
+/// pushes (a query that deleted them first would swallow those pushes).
+///
+/// KEYS: presence hash, presence leases. Returns the entries (JSON).
+const PRESENCE: &str = concat!(
+    server_now!(),
+    r#"
+local live = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. string.format('%d', now), '+inf')
+local entries = {}
+for _, client in ipairs(live) do
+  local entry = redis.call('HGET', KEYS[1], client)
+  if entry then entries[#entries + 1] = entry end
+end
+return entries
+"#
+);
 
 /// Removes one presence entry and, if it was there and `announce` is set, publishes the
 /// `leave` frame. KEYS: presence hash, presence leases. ARGV: client, topic, frame ('' = none).
