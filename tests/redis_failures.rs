@@ -13,6 +13,7 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -846,6 +847,44 @@ fn redis_conn(url: &str) -> redis::Connection {
         .expect("a Redis connection")
 }
 
+/// Sends `signal` (`-STOP`, `-CONT`) to process `pid`.
+fn signal(signal: &str, pid: &str) {
+    let status = Command::new("kill")
+        .args([signal, pid])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill {signal} {pid}");
+}
+
+/// A Redis server frozen with SIGSTOP: its connections stay open and nothing answers, as with
+/// a hung server or a long pause. Thawed (SIGCONT) when dropped, even if the test fails.
+struct Frozen {
+    pid: String,
+}
+
+impl Frozen {
+    fn freeze(redis: &RedisServer) -> Frozen {
+        let info: String = redis::cmd("INFO")
+            .arg("server")
+            .query(&mut redis_conn(&redis.url()))
+            .expect("INFO server");
+        let pid = info
+            .lines()
+            .find_map(|l| l.strip_prefix("process_id:"))
+            .expect("process_id in INFO")
+            .trim()
+            .to_owned();
+        signal("-STOP", &pid);
+        Frozen { pid }
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        signal("-CONT", &self.pid);
+    }
+}
+
 /// A `redis-server` that keeps what it acknowledged across a SIGKILL (append-only file,
 /// fsynced before every answer), restarted on the same port with the same data.
 struct DurableRedis {
@@ -922,6 +961,129 @@ impl Drop for DurableRedis {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// One connection through [`SilencingProxy`].
+struct Proxied {
+    /// Set once the client sent a SUBSCRIBE: a pub/sub link.
+    pubsub: AtomicBool,
+    /// Nothing is forwarded either way any more; the sockets stay open.
+    silent: AtomicBool,
+    /// Clones of both sockets, to close them when the proxy goes.
+    sockets: Vec<std::net::TcpStream>,
+}
+
+/// A TCP proxy in front of Redis that can make the pub/sub links through it go silent while
+/// every other connection flows: a half-open link, open but carrying nothing, which no error
+/// and no end of stream reveals.
+struct SilencingProxy {
+    port: u16,
+    conns: Arc<Mutex<Vec<Arc<Proxied>>>>,
+    /// Tells the accepting thread to stop; set on drop.
+    stop: Arc<AtomicBool>,
+}
+
+impl SilencingProxy {
+    fn start(target: u16) -> SilencingProxy {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
+        let port = listener.local_addr().expect("proxy address").port();
+        listener.set_nonblocking(true).expect("nonblocking accept");
+        let conns: Arc<Mutex<Vec<Arc<Proxied>>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (list, stopping) = (Arc::clone(&conns), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            while !stopping.load(Ordering::Acquire) {
+                let client = match listener.accept() {
+                    Ok((client, _)) => client,
+                    Err(_) => {
+                        std::thread::sleep(Duration::from_millis(5));
+                        continue;
+                    }
+                };
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                let _ = client.set_nonblocking(false);
+                let conn = Arc::new(Proxied {
+                    pubsub: AtomicBool::new(false),
+                    silent: AtomicBool::new(false),
+                    sockets: [&client, &server]
+                        .iter()
+                        .filter_map(|s| s.try_clone().ok())
+                        .collect(),
+                });
+                list.lock().expect("proxy list").push(Arc::clone(&conn));
+                let (c2, s2) = (
+                    client.try_clone().expect("clone"),
+                    server.try_clone().expect("clone"),
+                );
+                let up = Arc::clone(&conn);
+                std::thread::spawn(move || pump(client, server, &up, true));
+                std::thread::spawn(move || pump(s2, c2, &conn, false));
+            }
+        });
+        SilencingProxy { port, conns, stop }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Silences every pub/sub link open now; answers how many. Later connections flow.
+    fn silence_pubsub(&self) -> usize {
+        let conns = self.conns.lock().expect("proxy list");
+        let mut silenced = 0;
+        for conn in conns.iter().filter(|c| c.pubsub.load(Ordering::Acquire)) {
+            if !conn.silent.swap(true, Ordering::AcqRel) {
+                silenced += 1;
+            }
+        }
+        silenced
+    }
+}
+
+impl Drop for SilencingProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        for conn in self.conns.lock().expect("proxy list").iter() {
+            for socket in &conn.sockets {
+                let _ = socket.shutdown(std::net::Shutdown::Both);
+            }
+        }
+    }
+}
+
+/// Copies one direction of a proxied connection until either side closes; a silent
+/// connection's bytes are read and dropped.
+fn pump(
+    mut from: std::net::TcpStream,
+    mut to: std::net::TcpStream,
+    conn: &Proxied,
+    upstream: bool,
+) {
+    use std::io::{Read, Write};
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if upstream
+            && buf[..n]
+                .windows(9)
+                .any(|w| w.eq_ignore_ascii_case(b"SUBSCRIBE"))
+        {
+            conn.pubsub.store(true, Ordering::Release);
+        }
+        if conn.silent.load(Ordering::Acquire) {
+            continue;
+        }
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Both);
+    let _ = from.shutdown(std::net::Shutdown::Both);
 }
 
 /// The user ids of a `presence` answer's clients, sorted.
@@ -1156,6 +1318,64 @@ async fn a_presence_write_redis_refuses_does_not_hold_up_the_next() {
     assert!(took < Duration::from_secs(1), "subscribed after {took:?}");
     let (_, body) = get(&a, "/api/presence/chat:good").await;
     assert_eq!(users_of(&body["clients"]), ["next"], "{body}");
+}
+
+// ---- A link that dies without ending ----
+
+/// A pub/sub link that goes silent without closing (half-open) is noticed, because this
+/// node's own heartbeats stop coming back over it, and replaced within about three
+/// heartbeats: what was published meanwhile arrives, in order, and live pushes follow.
+#[actix_rt::test]
+async fn a_silent_pubsub_link_is_replaced_and_the_gap_filled() {
+    let redis = RedisServer::start();
+    let proxy = SilencingProxy::start(redis.port);
+    let a = ready_node_on(&proxy.url(), "a", "1", &[]).await;
+    let b = ready_node(&redis, "b", &[]).await;
+    let mut reader = connect(&a, "reader").await;
+    reader.subscribe("news").await;
+    api_publish(&b, "news", json!(1)).await;
+    assert_eq!(reader.next_of("message").await["offset"], 1);
+
+    assert_eq!(proxy.silence_pubsub(), 1, "node a's one pub/sub link");
+    for i in 2..=4 {
+        api_publish(&b, "news", json!(i)).await;
+    }
+    let bound = HEARTBEAT * 4 + MARGIN;
+    for expected in 2..=4 {
+        let m = reader
+            .next_of_within("message", bound)
+            .await
+            .unwrap_or_else(|| panic!("offset {expected} never arrived over a new link"));
+        assert_eq!(m["offset"], expected, "{m}");
+    }
+    api_publish(&b, "news", json!("live")).await;
+    assert_eq!(reader.next_of("message").await["offset"], 5);
+}
+
+// ---- Redis hangs ----
+
+/// Subscribing to a new channel while Redis hangs (the link looks up, nothing answers)
+/// answers `unavailable` from the engine within its deadline, not the session's "overloaded"
+/// timeout.
+#[actix_rt::test]
+async fn subscribing_while_redis_hangs_answers_unavailable_within_the_deadline() {
+    let redis = RedisServer::start();
+    let a = ready_node(&redis, "a", &[]).await;
+    let mut c = connect(&a, "u").await;
+    let _frozen = Frozen::freeze(&redis);
+    let started = Instant::now();
+    let reply = c
+        .request(json!({"type": "subscribe", "channel": "fresh"}))
+        .await;
+    let took = started.elapsed();
+    assert_eq!(
+        (reply["type"].as_str(), reply["code"].as_str()),
+        (Some("error"), Some("unavailable")),
+        "{reply}"
+    );
+    let message = reply["message"].as_str().unwrap_or_default();
+    assert!(!message.contains("overloaded"), "{reply}");
+    assert!(took < Duration::from_secs(2), "took {took:?}");
 }
 
 // ---- A failed watch ----

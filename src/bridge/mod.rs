@@ -3,6 +3,10 @@
 //! Redis confirmed), listens on the control topic, and turns every arrival into a message to
 //! the Hub. When the link drops it reconnects with capped exponential backoff, resubscribes
 //! everything by itself and has the Hub's sessions fill any gap from history.
+//!
+//! A link can also die without ending (a half-open TCP connection: no error, no data). Every
+//! node publishes a heartbeat on the control topic, its own included; when this node's own
+//! heartbeats stop coming back over the link, the bridge drops the link and reconnects.
 
 mod backoff;
 pub mod streams;
@@ -19,17 +23,30 @@ use redis::Msg;
 use backoff::Backoff;
 
 use crate::engine::redis::{Health, Keys};
-use crate::engine::EngineError;
+use crate::engine::{EngineError, ENGINE_DEADLINE};
 use crate::hub::{self, Deliver, Hub, Resync, Unwatch, Watch};
 use crate::metrics::Metrics;
 use crate::protocol::node::{NodeMessage, Routing};
 use crate::protocol::Close;
 
-/// How long a SUBSCRIBE (or a connection attempt) may take.
+/// How long a connection attempt, or the SUBSCRIBE that follows it, may take.
 const LINK_DEADLINE: Duration = Duration::from_secs(2);
 
-/// How long a `Watch` waits for a link that is down: well inside the subscriber's own deadline.
+/// How long a `Watch` may take in all: inside the subscriber's engine deadline, with room for
+/// the Hub's round trips, so that the subscriber hears `unavailable` from here rather than
+/// running into its own timeout.
+const WATCH_DEADLINE: Duration = ENGINE_DEADLINE.saturating_sub(Duration::from_millis(500));
+
+/// Of [`WATCH_DEADLINE`], how long a `Watch` waits for a link that is down (rather than fail a
+/// subscribe that would succeed a moment later); the rest is for the SUBSCRIBE.
 const LINK_WAIT: Duration = Duration::from_secs(1);
+
+/// This node's own heartbeats that may go without coming back over the link before the link
+/// is taken for dead (about three heartbeat periods).
+const MISSED_ECHOES: u64 = 3;
+
+/// How often the bridge compares heartbeats published with heartbeats come back.
+const ECHO_CHECK: Duration = Duration::from_millis(250);
 
 pub struct RedisBridge {
     client: redis::Client,
@@ -42,6 +59,12 @@ pub struct RedisBridge {
     watched: HashSet<String>,
     /// Present while the link is up; clones subscribe while the stream is being read.
     sink: Option<PubSubSink>,
+    /// The link's message stream being read, while the link is up; cancelled (which drops
+    /// the connection) when the link went silent.
+    stream: Option<SpawnHandle>,
+    /// [`Health::beats_published`] when this node's own heartbeat last came back over the link,
+    /// or when the link came up.
+    echoed_at: u64,
     backoff: Backoff,
     /// Whether the link was up before, so a reconnect knows to resync.
     was_up: bool,
@@ -68,6 +91,8 @@ impl RedisBridge {
             health,
             watched: HashSet::new(),
             sink: None,
+            stream: None,
+            echoed_at: 0,
             backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(2)),
             was_up: false,
             metrics,
@@ -97,10 +122,11 @@ impl RedisBridge {
                 .map(|result, bridge, ctx| match result {
                     Ok((sink, stream)) => {
                         bridge.sink = Some(sink);
+                        bridge.echoed_at = bridge.health.beats_published();
                         bridge.health.link_up.store(true, Ordering::Release);
                         bridge.link_ready.send_replace(true);
                         bridge.backoff.reset();
-                        ctx.add_stream(stream);
+                        bridge.stream = Some(ctx.add_stream(stream));
                         log::info!(channels = bridge.watched.len(); "redis pub/sub link up");
                         if bridge.was_up {
                             bridge.metrics.redis_reconnects.inc();
@@ -124,7 +150,7 @@ impl RedisBridge {
         );
     }
 
-    fn on_control(&self, payload: &[u8]) {
+    fn on_control(&mut self, payload: &[u8]) {
         match serde_json::from_slice::<NodeMessage>(payload) {
             Ok(NodeMessage::Disconnect { user, node }) if node != self.node_id => {
                 self.hub.do_send(hub::DisconnectUser {
@@ -132,9 +158,43 @@ impl RedisBridge {
                     close: Close::Disconnected,
                 });
             }
+            Ok(NodeMessage::Heartbeat { node }) if node == self.node_id => {
+                self.echoed_at = self.health.beats_published();
+            }
             Ok(_) => {}
-            Err(e) => log::debug!("error=\"{e}\" unreadable control message"),
+            Err(e) => log::debug!(error:% = e; "unreadable control message"),
         }
+    }
+
+    /// Drops a link that no longer delivers this node's own heartbeats, and reconnects.
+    fn check_echo(&mut self, ctx: &mut Context<Self>) {
+        if self.sink.is_none() {
+            return;
+        }
+        let missed = self.health.beats_published().saturating_sub(self.echoed_at);
+        if missed < MISSED_ECHOES {
+            return;
+        }
+        log::warn!(
+            missed_heartbeats = missed;
+            "redis pub/sub link silent: this node's own heartbeats stopped coming back; reconnecting"
+        );
+        if let Some(stream) = self.stream.take() {
+            // Dropping the stream ends the connection's task; `finished` is not called.
+            ctx.cancel_future(stream);
+        }
+        self.link_lost(ctx);
+    }
+
+    /// The link is gone: mark it down and reconnect after a backoff.
+    fn link_lost(&mut self, ctx: &mut Context<Self>) {
+        self.sink = None;
+        self.stream = None;
+        self.health.link_up.store(false, Ordering::Release);
+        self.link_ready.send_replace(false);
+        let wait = self.backoff.next_delay();
+        log::warn!(retry_in_ms = wait.as_millis() as u64; "redis pub/sub link lost");
+        ctx.run_later(wait, |bridge, ctx| bridge.connect(ctx));
     }
 
     fn on_channel(&self, payload: &[u8]) {
@@ -143,7 +203,7 @@ impl RedisBridge {
         };
         let routing: Routing<'_> = match serde_json::from_str(text) {
             Ok(r) => r,
-            Err(e) => return log::warn!("error=\"{e}\" unreadable frame on a channel topic"),
+            Err(e) => return log::warn!(error:% = e; "unreadable frame on a channel topic"),
         };
         let delivery = match (routing.kind, routing.offset, routing.epoch, routing.client) {
             ("message", Some(offset), Some(epoch), _) => Deliver::Message {
@@ -159,7 +219,7 @@ impl RedisBridge {
                 client,
                 frame: text.to_owned().into(),
             },
-            (kind, ..) => return log::warn!("kind={kind} unexpected frame on a channel topic"),
+            (kind, ..) => return log::warn!(kind = kind; "unexpected frame on a channel topic"),
         };
         self.hub.do_send(delivery);
     }
@@ -170,6 +230,7 @@ impl Actor for RedisBridge {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.connect(ctx);
+        ctx.run_interval(ECHO_CHECK, |bridge, ctx| bridge.check_echo(ctx));
     }
 }
 
@@ -185,12 +246,7 @@ impl StreamHandler<Msg> for RedisBridge {
 
     /// The link dropped (Redis restarted, network): keep the actor, reconnect.
     fn finished(&mut self, ctx: &mut Context<Self>) {
-        self.sink = None;
-        self.health.link_up.store(false, Ordering::Release);
-        self.link_ready.send_replace(false);
-        let wait = self.backoff.next_delay();
-        log::warn!(retry_in_ms = wait.as_millis() as u64; "redis pub/sub link lost");
-        ctx.run_later(wait, |bridge, ctx| bridge.connect(ctx));
+        self.link_lost(ctx);
     }
 }
 
@@ -200,6 +256,7 @@ impl Handler<Watch> for RedisBridge {
     fn handle(&mut self, msg: Watch, _: &mut Context<Self>) -> Self::Result {
         self.watched.insert(msg.channel.clone());
         let topic = self.keys.topic(&msg.channel);
+        let deadline = tokio::time::Instant::now() + WATCH_DEADLINE;
         // With the link down (or not up yet, right after start), wait a little for it rather
         // than fail a subscribe that would succeed a moment later.
         let mut link = self.link_ready.subscribe();
@@ -216,7 +273,7 @@ impl Handler<Watch> for RedisBridge {
                 let Some(mut sink) = sink else {
                     return Err(EngineError::Unavailable("the redis link is down".into()));
                 };
-                match tokio::time::timeout(LINK_DEADLINE, sink.subscribe(&topic)).await {
+                match tokio::time::timeout_at(deadline, sink.subscribe(&topic)).await {
                     Ok(Ok(())) => Ok(()),
                     Ok(Err(e)) => Err(EngineError::Unavailable(e.to_string())),
                     Err(_) => Err(EngineError::Unavailable("subscribe timed out".into())),
