@@ -7,7 +7,10 @@
 //!
 //! Every test runs its own `redis-server`. Nodes that must die abruptly or be watched for
 //! panics run as subprocesses of the real binary, configured through `HUB_*` variables only;
-//! the others run in process (`spawn_node`, once ready). Heartbeats are 1 s everywhere.
+//! the others run in process (`spawn_node`, once ready). Heartbeats are 1 s unless a test says
+//! otherwise. Redis "hangs" by SIGSTOP (its connections stay open and nothing answers), keeps
+//! its data across a SIGKILL with an fsynced append-only file ([`DurableRedis`]), and a
+//! half-open pub/sub link is made by a proxy that stops forwarding it ([`SilencingProxy`]).
 
 mod common;
 
@@ -847,6 +850,16 @@ fn redis_conn(url: &str) -> redis::Connection {
         .expect("a Redis connection")
 }
 
+/// How many connections are subscribed to `topic` (`PUBSUB NUMSUB`).
+fn numsub(conn: &mut redis::Connection, topic: &str) -> i64 {
+    let answer: (String, i64) = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg(topic)
+        .query(conn)
+        .expect("PUBSUB NUMSUB");
+    answer.1
+}
+
 /// Sends `signal` (`-STOP`, `-CONT`) to process `pid`.
 fn signal(signal: &str, pid: &str) {
     let status = Command::new("kill")
@@ -1376,6 +1389,282 @@ async fn subscribing_while_redis_hangs_answers_unavailable_within_the_deadline()
     let message = reply["message"].as_str().unwrap_or_default();
     assert!(!message.contains("overloaded"), "{reply}");
     assert!(took < Duration::from_secs(2), "took {took:?}");
+}
+
+/// While Redis hangs, `/api/presence`, `/api/history`, `/api/info` and `/api/channels` answer
+/// 503 `unavailable` within the engine deadline.
+#[actix_rt::test]
+async fn while_redis_hangs_the_server_api_answers_503_within_the_deadline() {
+    let redis = RedisServer::start();
+    let a = ready_node(&redis, "a", &[]).await;
+    let _frozen = Frozen::freeze(&redis);
+    for path in [
+        "/api/presence/chat:x",
+        "/api/history/chat:x",
+        "/api/info",
+        "/api/channels",
+    ] {
+        let started = Instant::now();
+        let (status, body) = get(&a, path).await;
+        let took = started.elapsed();
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (503, Some("unavailable")),
+            "{path}: {body}"
+        );
+        assert!(took < Duration::from_millis(2500), "{path} took {took:?}");
+    }
+}
+
+// ---- Redis down, and back (more) ----
+
+/// While Redis is down, `/api/presence`, `/api/history`, `/api/info` and `/api/channels`
+/// answer 503 `unavailable` within the engine deadline.
+#[actix_rt::test]
+async fn while_redis_is_down_the_server_api_answers_503_within_the_deadline() {
+    let mut redis = RedisServer::start();
+    let a = ready_node(&redis, "a", &[]).await;
+    redis.kill();
+    assert!(
+        poll_until(WAIT, || async { get(&a, "/ready").await.0 == 503 }).await,
+        "/ready stayed 200 with Redis down"
+    );
+    for path in [
+        "/api/presence/chat:x",
+        "/api/history/chat:x",
+        "/api/info",
+        "/api/channels",
+    ] {
+        let started = Instant::now();
+        let (status, body) = get(&a, path).await;
+        let took = started.elapsed();
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (503, Some("unavailable")),
+            "{path}: {body}"
+        );
+        assert!(took < Duration::from_millis(2500), "{path} took {took:?}");
+    }
+}
+
+/// A subscribe refused during an outage leaves nothing behind (its topic is not subscribed
+/// once Redis is back) and works when tried again after the outage.
+#[actix_rt::test]
+async fn a_subscribe_refused_during_an_outage_works_once_redis_is_back() {
+    let mut redis = RedisServer::start();
+    let a = ready_node(&redis, "a", &[]).await;
+    let mut c = connect(&a, "u").await;
+    redis.kill();
+    assert!(
+        poll_until(WAIT, || async { get(&a, "/ready").await.0 == 503 }).await,
+        "/ready stayed 200 with Redis down"
+    );
+    let refused = c
+        .request(json!({"type": "subscribe", "channel": "later"}))
+        .await;
+    assert_eq!(refused["code"], "unavailable", "{refused}");
+
+    redis.restart();
+    assert!(
+        poll_until(WAIT, || async { get(&a, "/ready").await.0 == 200 }).await,
+        "/ready after Redis came back"
+    );
+    let topic = realtime_hub::engine::redis::Keys::new("hub").topic("later");
+    let mut conn = redis_conn(&redis.url());
+    let control = realtime_hub::engine::redis::Keys::new("hub").control();
+    assert!(
+        poll_until(WAIT, || {
+            let n = numsub(&mut conn, &control);
+            async move { n == 1 }
+        })
+        .await,
+        "the link never resubscribed the control topic"
+    );
+    assert_eq!(
+        numsub(&mut conn, &topic),
+        0,
+        "the refused subscribe left its topic"
+    );
+    c.subscribe("later").await;
+    assert_eq!(numsub(&mut conn, &topic), 1);
+    api_publish(&a, "later", json!("now")).await;
+    assert_eq!(c.next_of("message").await["data"], "now");
+}
+
+/// After an outage long enough for the reconnect backoff to reach its 2 s cap, the bridge is
+/// back within about 2 s of Redis returning and resubscribes by itself: the same connection,
+/// which did nothing, gets the next publication.
+#[actix_rt::test]
+async fn after_an_outage_past_the_backoff_cap_the_link_is_back_within_two_seconds() {
+    let mut redis = RedisServer::start();
+    let a = ready_node(&redis, "a", &[]).await;
+    let b = ready_node(&redis, "b", &[]).await;
+    let mut reader = connect(&a, "reader").await;
+    reader.subscribe("feed").await;
+    redis.kill();
+    assert!(
+        poll_until(WAIT, || async { get(&a, "/ready").await.0 == 503 }).await,
+        "/ready stayed 200 with Redis down"
+    );
+    // The scenario: 100 ms doubling reaches the 2 s cap after about 3 s of failed attempts.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    redis.restart();
+    let back = Instant::now();
+
+    let topic = realtime_hub::engine::redis::Keys::new("hub").topic("feed");
+    let mut conn = redis_conn(&redis.url());
+    let resubscribed = poll_until(Duration::from_secs(3), || {
+        let n = numsub(&mut conn, &topic);
+        async move { n == 1 }
+    })
+    .await;
+    assert!(resubscribed, "the topic was not resubscribed within 3 s");
+    let took = back.elapsed();
+    assert!(
+        took <= Duration::from_millis(2500),
+        "resubscribed after {took:?}"
+    );
+
+    let published = poll_until(WAIT, || async {
+        post(
+            &b,
+            "/api/publish",
+            json!({"channel": "feed", "data": "back"}),
+        )
+        .await
+        .0 == 200
+    })
+    .await;
+    assert!(published, "node b could not publish after the outage");
+    let m = reader
+        .next_of_within("message", WAIT)
+        .await
+        .expect("the same connection gets the next publication");
+    assert_eq!(m["data"], "back", "{m}");
+}
+
+/// Redis killed and restarted with its data, mid-traffic, while publishers on two nodes keep
+/// publishing through it: a client that recovers from before the traffic, on either node, gets
+/// every publication that was acknowledged, once, in order (and the subscribers that stayed
+/// connected get the same sequence).
+#[actix_rt::test]
+async fn recovering_clients_get_every_acknowledged_publication_across_a_redis_restart() {
+    use std::cell::{Cell, RefCell};
+    let mut redis = DurableRedis::start();
+    let url = redis.url();
+    let settings = ["--history-size", "100000", "--client-rate", "100000"];
+    let nodes = [
+        ready_node_on(&url, "a", "1", &settings).await,
+        ready_node_on(&url, "b", "1", &settings).await,
+    ];
+    let mut live = Vec::new();
+    for node in &nodes {
+        let mut c = connect(node, "reader").await;
+        let s = c.subscribe("t").await;
+        live.push((c, s["epoch"].clone()));
+    }
+    let epoch = live[0].1.clone();
+
+    // (publisher, sequence number) → (offset, epoch) of every acknowledged publication.
+    let acked: RefCell<Vec<(u64, u64, u64, Value)>> = RefCell::default();
+    let failed = Cell::new(0u32);
+    let stop = Cell::new(false);
+    let publishing = join_all(nodes.iter().enumerate().map(|(p, node)| {
+        let (acked, failed, stop) = (&acked, &failed, &stop);
+        async move {
+            let mut i = 0u64;
+            while !stop.get() {
+                let data = json!({"p": p, "i": i});
+                let (status, body) =
+                    post(node, "/api/publish", json!({"channel": "t", "data": data})).await;
+                if status == 200 {
+                    let offset = body["offset"].as_u64().expect("offset");
+                    acked
+                        .borrow_mut()
+                        .push((p as u64, i, offset, body["epoch"].clone()));
+                } else {
+                    failed.set(failed.get() + 1);
+                }
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }));
+    let count = |p: u64| acked.borrow().iter().filter(|a| a.0 == p).count();
+    let controlling = async {
+        assert!(poll_until(WAIT, || async { count(0) >= 20 && count(1) >= 20 }).await);
+        redis.kill();
+        assert!(
+            poll_until(WAIT, || async { failed.get() >= 2 }).await,
+            "no publication failed while Redis was down"
+        );
+        let before = (count(0), count(1));
+        redis.launch();
+        assert!(
+            poll_until(Duration::from_secs(15), || async {
+                count(0) >= before.0 + 20 && count(1) >= before.1 + 20
+            })
+            .await,
+            "publishing did not resume after Redis came back"
+        );
+        stop.set(true);
+    };
+    tokio::join!(publishing, controlling);
+    let acked = acked.into_inner();
+    assert!(
+        acked.iter().all(|a| a.3 == epoch),
+        "Redis kept its data: one epoch throughout"
+    );
+
+    // What each subscriber must see: every offset up to the last, each acknowledged one with
+    // its own data; and each publisher's acknowledged publications in the order it made them.
+    let last = acked
+        .iter()
+        .map(|a| a.2)
+        .max()
+        .expect("acknowledged publications");
+    for p in 0..2u64 {
+        let offsets: Vec<u64> = acked.iter().filter(|a| a.0 == p).map(|a| a.2).collect();
+        assert!(
+            offsets.windows(2).all(|w| w[0] < w[1]),
+            "publisher {p}: {offsets:?}"
+        );
+    }
+    let check = |who: &str, publications: &[Value]| {
+        let offsets: Vec<u64> = publications
+            .iter()
+            .filter_map(|m| m["offset"].as_u64())
+            .collect();
+        assert_eq!(offsets, (1..=last).collect::<Vec<_>>(), "{who}: offsets");
+        for (p, i, offset, _) in &acked {
+            let m = &publications[(*offset - 1) as usize];
+            assert_eq!(
+                (&m["data"]["p"], &m["data"]["i"]),
+                (&json!(p), &json!(i)),
+                "{who}: offset {offset}"
+            );
+        }
+    };
+    for (n, node) in nodes.iter().enumerate() {
+        let mut c = connect(node, "recoverer").await;
+        let s = c
+            .request(json!({"type": "subscribe", "channel": "t", "recover": {"offset": 0, "epoch": epoch}}))
+            .await;
+        assert_eq!(s["recovered"], true, "recovering on node {n}: {s}");
+        let publications = s["publications"].as_array().cloned().unwrap_or_default();
+        check(&format!("recovering on node {n}"), &publications);
+    }
+    for (n, (c, _)) in live.iter_mut().enumerate() {
+        let mut got = Vec::new();
+        while got.len() < last as usize {
+            let m = c
+                .next_of_within("message", WAIT)
+                .await
+                .unwrap_or_else(|| panic!("subscriber on node {n} stopped after {}", got.len()));
+            got.push(m);
+        }
+        check(&format!("subscribed on node {n}"), &got);
+    }
 }
 
 // ---- A failed watch ----

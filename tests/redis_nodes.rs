@@ -135,39 +135,122 @@ async fn presence_and_join_leave_span_nodes() {
     bob.expect_silence(Duration::from_millis(200)).await;
 }
 
-/// The per-user connection limit counts connections on every node.
+/// The per-user connection limit counts connections on every node (three here).
 #[actix_rt::test]
 async fn connection_limit_is_cluster_wide() {
     let redis = RedisServer::start();
-    let a = spawn_node(&redis, "a", &["--max-connections-per-user", "2"]);
-    let b = spawn_node(&redis, "b", &["--max-connections-per-user", "2"]);
+    let limit = ["--max-connections-per-user", "2"];
+    let a = spawn_node(&redis, "a", &limit);
+    let b = spawn_node(&redis, "b", &limit);
+    let c = spawn_node(&redis, "c", &limit);
     let first = Client::connect(&a, "carol").await;
     let _second = Client::connect(&b, "carol").await;
-    let url = format!("{}?token={}", b.ws_url(), token("carol"));
+    let url = format!("{}?token={}", c.ws_url(), token("carol"));
     assert_eq!(close_of(&url).await, (1008, "connection limit".to_owned()));
     drop(first);
     eventually("a closed connection frees its slot cluster-wide", || async {
-        let mut ws = open(&format!("{}?token={}", a.ws_url(), token("carol"))).await;
+        let mut ws = open(&format!("{}?token={}", c.ws_url(), token("carol"))).await;
         use futures_util::StreamExt;
         matches!(ws.next().await, Some(Ok(m)) if m.to_text().is_ok_and(|t| t.contains("welcome")))
     })
     .await;
 }
 
-/// `/api/disconnect` on one node closes the user's sockets on every node.
+/// `/api/disconnect` on one node closes the user's sockets on every node (three here).
 #[actix_rt::test]
 async fn disconnect_reaches_every_node() {
     let redis = RedisServer::start();
     let a = spawn_node(&redis, "a", &[]);
     let b = spawn_node(&redis, "b", &[]);
+    let c = spawn_node(&redis, "c", &[]);
     let mut on_a = Client::connect(&a, "dave").await;
     let mut on_b = Client::connect(&b, "dave").await;
+    let mut on_c = Client::connect(&c, "dave").await;
     let mut other = Client::connect(&b, "erin").await;
     let (status, body) = api_post(&a, "/api/disconnect", r#"{"user":"dave"}"#).await;
     assert_eq!((status, body["disconnected"].as_u64()), (200, Some(1)));
-    assert_eq!(on_a.expect_close().await, (4001, "disconnected".to_owned()));
-    assert_eq!(on_b.expect_close().await, (4001, "disconnected".to_owned()));
+    for dave in [&mut on_a, &mut on_b, &mut on_c] {
+        assert_eq!(dave.expect_close().await, (4001, "disconnected".to_owned()));
+    }
     assert_eq!(other.request(json!({"type": "ping"})).await["type"], "pong");
+}
+
+/// Presence and join/leave span three nodes: each node's subscriber is listed everywhere,
+/// and one leaving reaches the subscribers on both other nodes.
+#[actix_rt::test]
+async fn presence_spans_three_nodes() {
+    let redis = RedisServer::start();
+    let nodes = [
+        spawn_node(&redis, "a", &[]),
+        spawn_node(&redis, "b", &[]),
+        spawn_node(&redis, "c", &[]),
+    ];
+    let mut clients = Vec::new();
+    for (node, user) in nodes.iter().zip(["ann", "ben", "cid"]) {
+        let mut c = Client::connect(node, user).await;
+        c.subscribe("chat:three").await;
+        clients.push(c);
+    }
+    for node in &nodes {
+        let (status, body) = api_get(node, "/api/presence/chat:three").await;
+        let mut users: Vec<&str> = body["clients"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["user"].as_str())
+            .collect();
+        users.sort_unstable();
+        assert_eq!((status, users), (200, vec!["ann", "ben", "cid"]));
+    }
+    let mut leaving = clients.pop().expect("cid");
+    leaving
+        .request(json!({"type": "unsubscribe", "channel": "chat:three"}))
+        .await;
+    for c in &mut clients {
+        let leave = c.next_of("leave").await;
+        assert_eq!(leave["user"], "cid", "{leave}");
+    }
+}
+
+/// A node subscribes a channel's topic in Redis only while it has local subscribers: once
+/// for the first (before its `subscribed`), not again for the second, and unsubscribes after
+/// the last leaves.
+#[actix_rt::test]
+async fn a_channel_topic_is_subscribed_only_while_the_node_has_subscribers() {
+    let redis = RedisServer::start();
+    let a = spawn_node(&redis, "a", &[]);
+    let topic = realtime_hub::engine::redis::Keys::new("hub").topic("lazy");
+    let mut conn = redis::Client::open(redis.url())
+        .and_then(|c| c.get_connection())
+        .expect("a Redis connection");
+    let mut numsub = move || -> i64 {
+        let (_, n): (String, i64) = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(&topic)
+            .query(&mut conn)
+            .expect("PUBSUB NUMSUB");
+        n
+    };
+    assert_eq!(numsub(), 0);
+    let mut first = Client::connect(&a, "one").await;
+    let mut second = Client::connect(&a, "two").await;
+    first.subscribe("lazy").await;
+    assert_eq!(numsub(), 1, "after the first local subscriber");
+    second.subscribe("lazy").await;
+    assert_eq!(numsub(), 1, "after the second");
+    first
+        .request(json!({"type": "unsubscribe", "channel": "lazy"}))
+        .await;
+    second.request(json!({"type": "ping"})).await;
+    assert_eq!(numsub(), 1, "while one subscriber is left");
+    second
+        .request(json!({"type": "unsubscribe", "channel": "lazy"}))
+        .await;
+    eventually("the topic is unsubscribed after the last leaves", || {
+        let n = numsub();
+        async move { n == 0 }
+    })
+    .await;
 }
 
 /// `/api/info` lists every live node and `/api/channels` adds up subscribers across nodes.
