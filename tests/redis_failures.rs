@@ -1215,7 +1215,11 @@ async fn a_redis_restart_with_data_after_every_lease_ran_out_removes_no_node() {
         on_a.next_of_within("leave", watch),
         on_b.next_of_within("leave", watch)
     );
-    assert_eq!((leave_a, leave_b), (None, None), "a node was taken for dead");
+    assert_eq!(
+        (leave_a, leave_b),
+        (None, None),
+        "a node was taken for dead"
+    );
     for node in [&a, &b] {
         let log = node.stderr_text();
         assert!(
@@ -1253,7 +1257,10 @@ async fn a_live_node_taken_for_dead_announces_its_clients_again() {
             .arg("b")
             .query(&mut conn)
             .expect("ZADD");
-        if let Some(leave) = on_a.next_of_within("leave", Duration::from_millis(50)).await {
+        if let Some(leave) = on_a
+            .next_of_within("leave", Duration::from_millis(50))
+            .await
+        {
             break leave;
         }
         assert!(Instant::now() < deadline, "node a never removed node b");
