@@ -339,20 +339,6 @@ impl WsSession {
                 waiters.push((id, recover));
                 return;
             }
-            Some(SubState::Active { epoch, offset }) if recover.is_none() => {
-                // Already subscribed: answer from what this session has delivered, so pushes
-                // continue exactly after the answer's offset, none doubled.
-                let frame = ServerFrame::Subscribed {
-                    id,
-                    channel: &channel,
-                    offset: *offset,
-                    epoch,
-                    recovered: false,
-                    publications: &[],
-                };
-                let text = frame.encode();
-                return self.write(ctx, text);
-            }
             Some(_) => {}
             None if subscriptions >= self.app.config.max_subscriptions => {
                 return self.reply_error(
@@ -396,6 +382,17 @@ impl WsSession {
         };
         // A new subscription registers with the Hub; a repeat already is.
         let register = resume.is_none();
+        // A repeat that asks for nothing still reads from where this session stands: the
+        // answer gives the channel's latest offset, and what this session has not delivered
+        // yet (a publication still on its way, e.g. over Redis pub/sub) goes out as pushes
+        // ahead of it, so pushes go on after the answer's offset with none missed or doubled.
+        let read_from = match (&recover, &resume) {
+            (None, Some(r)) => Some(Position {
+                offset: r.offset,
+                epoch: r.epoch.to_string(),
+            }),
+            _ => recover.clone(),
+        };
         self.subs.insert(
             Arc::clone(&key),
             SubState::Pending {
@@ -426,7 +423,7 @@ impl WsSession {
             }
             // Only now, with the Hub routing the channel to us, is the position read.
             engine
-                .subscribe(&channel, recover.as_ref())
+                .subscribe(&channel, read_from.as_ref())
                 .await
                 .map_err(HubError::from)
         };
@@ -557,17 +554,18 @@ impl WsSession {
         sub: crate::engine::Subscribed,
         ctx: &mut WebsocketContext<Self>,
     ) {
-        let (held, waiters, asked) = match self.subs.get_mut(&*channel) {
+        let (held, waiters, asked, resume) = match self.subs.get_mut(&*channel) {
             Some(SubState::Pending {
                 generation: g,
                 held,
                 recover,
                 waiters,
-                ..
+                resume,
             }) if *g == generation => (
                 std::mem::take(held),
                 std::mem::take(waiters),
                 recover.take(),
+                resume.take(),
             ),
             // Unsubscribed while joining presence: the leave was queued after the join.
             _ => {
@@ -578,8 +576,21 @@ impl WsSession {
                 )
             }
         };
-        let recovered = sub.recovered.is_some();
-        let publications = sub.recovered.unwrap_or_default();
+        let mut recovered = sub.recovered.is_some();
+        let mut publications = sub.recovered.unwrap_or_default();
+        if let (None, Some(resume)) = (&asked, &resume) {
+            // A repeat that asked for nothing: what the engine read from this session's own
+            // position goes out as pushes, and the answer is a plain `subscribed`.
+            if *resume.epoch == *sub.position.epoch {
+                for frame in std::mem::take(&mut publications) {
+                    if message_offset(&frame).is_some_and(|o| o > resume.offset) {
+                        self.write(ctx, ByteString::from(frame.get().to_owned()));
+                    }
+                }
+            }
+            publications.clear();
+            recovered = false;
+        }
         let answers = std::iter::once((id, asked.clone())).chain(waiters);
         for (waiter, wanted) in answers {
             // A repeated subscribe that asked to recover from elsewhere cannot share the first
