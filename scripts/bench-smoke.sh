@@ -9,15 +9,24 @@
 # stream entry unacknowledged); never on a speed figure. Logs and JSON lines are kept in the
 # directory it prints (BENCH_SMOKE_DIR to choose it).
 #
-#   scripts/bench-smoke.sh            # everything
+#   scripts/bench-smoke.sh            # everything, release builds
+#   BENCH_SMOKE_PROFILE=debug scripts/bench-smoke.sh  # debug builds (what scripts/test.sh
+#                                     # uses: they share the test build's cache; the sizes
+#                                     # here are small enough for them)
 #   BENCH_SMOKE_SKIP_BUILD=1 scripts/bench-smoke.sh   # use the binaries already built
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 started_at=$(date +%s)
 
-HUB="$ROOT/target/release/realtime-hub"
-LOADGEN="$ROOT/target/release/hub-loadgen"
+PROFILE="${BENCH_SMOKE_PROFILE:-release}"
+case "$PROFILE" in
+  release) BUILD_FLAGS=(--release) ;;
+  debug) BUILD_FLAGS=() ;;
+  *) echo "BENCH_SMOKE_PROFILE must be release or debug, not $PROFILE" >&2; exit 2 ;;
+esac
+HUB="$ROOT/target/$PROFILE/realtime-hub"
+LOADGEN="$ROOT/target/$PROFILE/hub-loadgen"
 SECRET="bench-smoke-secret"
 API_KEY="bench-smoke-key"
 OUT="${BENCH_SMOKE_DIR:-$(mktemp -d /tmp/bench-smoke.XXXXXX)}"
@@ -52,10 +61,10 @@ fi
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || ulimit -n 4096 2>/dev/null || true
 
 if [ -z "${BENCH_SMOKE_SKIP_BUILD:-}" ]; then
-  say "building (release)"
+  say "building ($PROFILE)"
   # The same two commands docs/benchmarks.md uses, so their build caches are shared.
-  cargo build --release --quiet
-  cargo build --release --quiet -p hub-loadgen
+  cargo build "${BUILD_FLAGS[@]}" --quiet
+  cargo build "${BUILD_FLAGS[@]}" --quiet -p hub-loadgen
 fi
 
 # A port nobody listens on (a race with other processes is possible but harmless here: the
@@ -191,10 +200,17 @@ run_scenario fanout "${MEM[@]}" fanout --subs 100 --rate 100 --duration 3 --drai
 # receive buffer) fill the kernel's buffers (~3 MB per socket here) and then their hub-side
 # bound within the few seconds and are closed with 4000; the fast ones must lose nothing. A
 # 256 KiB bound holds a burst of 32 publications for the fast ones.
+# Debug builds are several times slower on both sides: there the fast ones get the default
+# 1 MiB bound (0.4 s of slack) and the slow ones a second longer to fill theirs.
 OVL_PORT=$(free_port)
-start_hub overload "$OVL_PORT" HUB_CLIENT_QUEUE_BYTES=262144
+if [ "$PROFILE" = release ]; then
+  OVL_QUEUE=262144 OVL_DURATION=3
+else
+  OVL_QUEUE=1048576 OVL_DURATION=4
+fi
+start_hub overload "$OVL_PORT" HUB_CLIENT_QUEUE_BYTES=$OVL_QUEUE
 run_scenario overload --url "ws://127.0.0.1:$OVL_PORT" --http "http://127.0.0.1:$OVL_PORT" \
-  --hub-pid "$HUB_PID" overload --subs 100 --rate 300 --duration 3 --payload 8000 \
+  --hub-pid "$HUB_PID" overload --subs 100 --rate 300 --duration "$OVL_DURATION" --payload 8000 \
   --slow-fraction 0.1 --slow-rcvbuf 4096 --drain-s 10
 
 # --- Redis engine --------------------------------------------------------------------------

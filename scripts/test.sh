@@ -30,6 +30,9 @@ echo "== the single-node suites again, on the Redis engine (each node on its own
 HUB_TEST_ENGINE=redis cargo test --test channels --test recovery --test connect --test hostile \
   --test backpressure --test api --test smoke
 
+echo "== load-generator smoke: every scenario at small sizes, failing only on loss or errors"
+BENCH_SMOKE_PROFILE=debug scripts/bench-smoke.sh
+
 if [ -x tests/browser/run.sh ]; then
   echo "== browser tests (Playwright on Debian's Chromium)"
   cargo build --bin realtime-hub
