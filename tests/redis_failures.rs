@@ -599,6 +599,29 @@ async fn after_redis_restarts_presence_is_reasserted_by_the_heartbeat() {
     b.assert_healthy();
 }
 
+/// The first requests after Redis came back are answered, though the node's command links sat
+/// idle through the restart and only a command can find them dead.
+#[actix_rt::test]
+async fn the_first_requests_after_redis_restarts_are_answered() {
+    let mut redis = RedisServer::start();
+    let node = ready_node(&redis, "n1", &["--streams", "hub:events"]).await;
+    assert_eq!(get(&node, "/api/info").await.0, 200, "before the restart");
+
+    redis.restart();
+    assert!(
+        poll_until(WAIT, || async { get(&node, "/ready").await.0 == 200 }).await,
+        "/ready after Redis came back"
+    );
+    let (status, body) = get(&node, "/api/info").await;
+    assert_eq!(status, 200, "the first /api/info after the restart: {body}");
+    let (status, body) = get(&node, "/api/deadletters").await;
+    assert_eq!(
+        status, 200,
+        "the first /api/deadletters after the restart: {body}"
+    );
+    api_publish(&node, "chat:after", json!("first")).await;
+}
+
 // ---- Across nodes ----
 
 /// A client whose node stopped reconnects to the restarted node with `recover` and gets

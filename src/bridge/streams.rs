@@ -36,7 +36,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::aio::MultiplexedConnection;
+
+use crate::engine::redis::Commands;
 use redis::{AsyncConnectionConfig, RedisResult, Value};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -127,7 +129,7 @@ pub struct Streams {
     settings: Arc<StreamSettings>,
     /// For the server API and for releasing blocked readers; the readers read on their own
     /// connections, because a blocking read holds its connection.
-    conn: ConnectionManager,
+    conn: Commands,
     /// Set to `true` once the node shuts down; every reader watches it.
     stop: watch::Sender<bool>,
     /// The reader tasks, taken (and awaited) by [`Streams::stop`].
@@ -143,12 +145,7 @@ impl Streams {
         engine: Arc<dyn Engine>,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Streams>, String> {
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(COMMAND_DEADLINE))
-            .set_response_timeout(Some(COMMAND_DEADLINE))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
+        let conn = Commands::lazy(client, COMMAND_DEADLINE, COMMAND_DEADLINE)
             .map_err(|e| format!("HUB_REDIS_URL: {e}"))?;
         let settings = Arc::new(settings);
         let (stop, _) = watch::channel(false);
@@ -248,7 +245,7 @@ struct Reader {
     settings: Arc<StreamSettings>,
     client: redis::Client,
     /// The shared connection, used to release this reader's blocking read on stop.
-    control: ConnectionManager,
+    control: Commands,
     engine: Arc<dyn Engine>,
     /// The node's metrics: entries by result, stream publications, pending and lag.
     metrics: Arc<Metrics>,

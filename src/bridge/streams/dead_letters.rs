@@ -273,7 +273,7 @@ impl Streams {
     /// Replays one dead letter; `false` when there is no such dead letter (any more).
     async fn replay_one(
         &self,
-        conn: &mut redis::aio::ConnectionManager,
+        conn: &mut crate::engine::redis::Commands,
         stream: &str,
         entry_id: &str,
     ) -> Result<bool, EngineError> {

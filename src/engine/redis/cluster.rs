@@ -161,7 +161,7 @@ async fn beat(
 async fn announce_again(
     engine: &RedisEngine,
     by: &str,
-    conn: &mut redis::aio::ConnectionManager,
+    conn: &mut super::Commands,
 ) -> redis::RedisResult<()> {
     let mut pipe = redis::pipe();
     let mut announced = 0usize;

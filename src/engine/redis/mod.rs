@@ -16,6 +16,7 @@
 //! answered `internal` while the node stays ready.
 
 mod cluster;
+mod commands;
 mod keys;
 mod scripts;
 
@@ -26,13 +27,13 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures_util::future::BoxFuture;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ErrorKind, ServerErrorKind, Value};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
 
 pub use cluster::start_heartbeat;
+pub use commands::Commands;
 pub use keys::Keys;
 use scripts::Scripts;
 
@@ -139,7 +140,7 @@ impl ServerClock {
 
     /// Reads `TIME` and takes the offset, assuming the answer was made halfway through the
     /// round trip. Answers the server's time.
-    async fn sync(&self, conn: &mut ConnectionManager) -> redis::RedisResult<u64> {
+    async fn sync(&self, conn: &mut Commands) -> redis::RedisResult<u64> {
         let sent = unix_millis();
         let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(conn).await?;
         let received = unix_millis();
@@ -249,7 +250,7 @@ enum Op {
 }
 
 pub struct RedisEngine {
-    conn: ConnectionManager,
+    conn: Commands,
     keys: Keys,
     scripts: Arc<Scripts>,
     settings: RedisSettings,
@@ -331,12 +332,7 @@ impl RedisEngine {
         keys: Keys,
         settings: RedisSettings,
     ) -> Result<Arc<Self>, String> {
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
+        let conn = Commands::lazy(client, Duration::from_secs(1), Duration::from_secs(2))
             .map_err(|e| format!("HUB_REDIS_URL: {e}"))?;
         let (ops, rx) = mpsc::channel(OPS_QUEUE);
         let engine = Arc::new(RedisEngine {
@@ -360,7 +356,7 @@ impl RedisEngine {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn conn(&self) -> ConnectionManager {
+    fn conn(&self) -> Commands {
         self.conn.clone()
     }
 
