@@ -128,6 +128,24 @@ async fn metrics_follow_a_scripted_workload() {
     .await;
 }
 
+/// A client whose TCP connection ends without a close frame (a killed tab, a lost network) is
+/// counted as 1006, not as a protocol error of its own.
+#[actix_rt::test]
+async fn a_connection_dropped_without_a_close_frame_counts_as_1006() {
+    let app = spawn_app();
+    let mut alice = Client::connect(&app, "alice").await;
+    alice.subscribe("room").await;
+    drop(alice);
+    eventually("the drop is counted as 1006", || async {
+        let m = scrape(&app).await;
+        sample(&m, "hub_disconnects_total{code=\"1006\"} ") == 1.0
+            && sample(&m, "hub_connections ") == 0.0
+    })
+    .await;
+    let m = scrape(&app).await;
+    assert_eq!(sample(&m, "hub_disconnects_total{code=\"1002\"} "), 0.0);
+}
+
 /// A node without Redis shows no Redis metrics: the "Redis down" alert cannot fire on it.
 #[actix_rt::test]
 async fn a_node_without_redis_shows_no_redis_metrics() {

@@ -983,6 +983,15 @@ impl WsSession {
 }
 
 /// The offset of an encoded `message` frame (read without parsing the rest of it).
+/// actix-web-actors hands on the end of the connection's input as an I/O error carrying only
+/// the text of actix-http's `PayloadError::Incomplete(None)`.
+fn is_peer_gone(e: &std::io::Error) -> bool {
+    thread_local! {
+        static ENDED: String = actix_http::error::PayloadError::Incomplete(None).to_string();
+    }
+    ENDED.with(|ended| e.to_string() == *ended)
+}
+
 fn message_offset(frame: &crate::protocol::Message) -> Option<u64> {
     #[derive(serde::Deserialize)]
     struct OffsetOnly {
@@ -1160,6 +1169,13 @@ impl StreamHandler<Result<WsMessage, ProtocolError>> for WsSession {
                     code: r.code,
                     description: None,
                 }));
+                ctx.stop();
+            }
+            Err(ProtocolError::Io(e)) if is_peer_gone(&e) => {
+                // The TCP connection ended without a close frame (a killed tab, a lost
+                // network): nobody is left to tell, and it is no protocol error of the peer.
+                self.closing = true;
+                self.close_code = Some(1006);
                 ctx.stop();
             }
             Err(ProtocolError::Overflow) => self.close(ctx, Close::MessageTooBig),
