@@ -81,7 +81,8 @@ pub fn signal() -> impl std::future::Future<Output = ()> {
                 }
                 (Err(e), _) | (_, Err(e)) => {
                     log::warn!(
-                        "error=\"{e}\" cannot listen for SIGTERM/SIGINT; only Ctrl-C stops the hub"
+                        error:% = e;
+                        "cannot listen for SIGTERM/SIGINT; only Ctrl-C stops the hub"
                     );
                     let _ = tokio::signal::ctrl_c().await;
                 }

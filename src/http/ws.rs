@@ -67,7 +67,7 @@ async fn admit(req: &HttpRequest, app: &AppState, client: &str) -> Result<Identi
     }
     let token = token_of(req).ok_or(Close::InvalidToken)?;
     let identity = app.verifier.verify(&token).map_err(|e| {
-        log::debug!(client = client; "token refused: {e}");
+        log::debug!(client = client, error:% = e; "token refused");
         e.close()
     })?;
     match app
