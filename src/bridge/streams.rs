@@ -718,7 +718,10 @@ impl Reader {
                 .arg(&name)
                 .query_async(conn)
                 .await?;
-            if lease.is_some_and(|expiry| expiry > unix_millis() as f64) {
+            // Leases are kept on the Redis server's clock (this node's may differ).
+            let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(conn).await?;
+            let server_ms = secs * 1000 + micros / 1000;
+            if lease.is_some_and(|expiry| expiry > server_ms as f64) {
                 continue;
             }
             let removed: i64 = DELETE_IDLE_CONSUMER
