@@ -21,8 +21,7 @@ started_at=$(date +%s)
 
 PROFILE="${BENCH_SMOKE_PROFILE:-release}"
 case "$PROFILE" in
-  release) BUILD_FLAGS=(--release) ;;
-  debug) BUILD_FLAGS=() ;;
+  release | debug) ;;
   *) echo "BENCH_SMOKE_PROFILE must be release or debug, not $PROFILE" >&2; exit 2 ;;
 esac
 HUB="$ROOT/target/$PROFILE/realtime-hub"
@@ -62,9 +61,16 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || ulimit -n 4096 2>/dev/null || true
 
 if [ -z "${BENCH_SMOKE_SKIP_BUILD:-}" ]; then
   say "building ($PROFILE)"
-  # The same two commands docs/benchmarks.md uses, so their build caches are shared.
-  cargo build "${BUILD_FLAGS[@]}" --quiet
-  cargo build "${BUILD_FLAGS[@]}" --quiet -p hub-loadgen
+  if [ "$PROFILE" = release ]; then
+    # The same two commands docs/benchmarks.md uses, so their build caches are shared.
+    cargo build --release --quiet
+    cargo build --release --quiet -p hub-loadgen
+  else
+    # With every target of the workspace, dependencies get the features `cargo test
+    # --workspace` gave them, so only the two binaries are built here; a plain `cargo build`
+    # would leave out the dev-dependencies' features and rebuild half the dependency tree.
+    cargo build --workspace --all-targets --quiet
+  fi
 fi
 
 # A port nobody listens on (a race with other processes is possible but harmless here: the

@@ -5,6 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Each phase's heading says how long the run has taken so far: CI has a time budget.
+started=$(date +%s)
+phase() { echo "== $* (at $(($(date +%s) - started)) s)"; }
+
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 missing=()
@@ -13,28 +17,31 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then
-  echo "== installing: ${missing[*]}"
+  phase "installing: ${missing[*]}"
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
-echo "== format and lints"
+phase "format and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 
-echo "== Rust tests (unit and integration, against the real hub)"
+phase "Rust tests (unit and integration, against the real hub)"
 cargo test --workspace
 
-echo "== the single-node suites again, on the Redis engine (each node on its own redis-server)"
-HUB_TEST_ENGINE=redis cargo test --test channels --test recovery --test connect --test hostile \
+phase "the single-node suites again, on the Redis engine (each node on its own redis-server)"
+# --workspace: the same feature set as the run above, so nothing is rebuilt.
+HUB_TEST_ENGINE=redis cargo test --workspace --test channels --test recovery --test connect --test hostile \
   --test backpressure --test api --test smoke
 
-echo "== load-generator smoke: every scenario at small sizes, failing only on loss or errors"
+phase "load-generator smoke: every scenario at small sizes, failing only on loss or errors"
 BENCH_SMOKE_PROFILE=debug scripts/bench-smoke.sh
 
 if [ -x tests/browser/run.sh ]; then
-  echo "== browser tests (Playwright on Debian's Chromium)"
-  cargo build --bin realtime-hub
+  phase "browser tests (Playwright on Debian's Chromium)"
+  cargo build --workspace --all-targets --quiet
   HUB_BIN="$PWD/target/debug/realtime-hub" tests/browser/run.sh
 fi
+
+phase "done"
