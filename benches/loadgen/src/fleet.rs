@@ -15,17 +15,14 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
+use crate::cli::ParseMode;
+use crate::report::round3;
+use crate::stats::{self, Tally};
+use crate::ws::{Conn, Connector, End, Msg, SetupError};
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-
-use crate::cli::ParseMode;
-use crate::report::round3;
-use crate::stats::{self, Tally};
-use crate::ws::{Connector, End, SetupError, Ws};
 
 /// Where the run is. Clients only ever look forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -298,13 +295,13 @@ impl Client {
             outcome: setup.as_ref().map(|(_, t, _)| *t).map_err(SetupError::kind),
         });
         let (end, setup, node) = match setup {
-            Ok((mut ws, times, node)) => {
+            Ok((mut conn, times, node)) => {
                 let phases = Phases {
                     watch: self.phase.clone(),
                     now: &self.phase_now,
                 };
                 let end = receive(
-                    &mut ws,
+                    &mut conn,
                     &mut tally,
                     &self.progress,
                     phases,
@@ -312,8 +309,8 @@ impl Client {
                 )
                 .await;
                 if matches!(end, End::Stopped) {
-                    let _ =
-                        tokio::time::timeout(Duration::from_secs(1), close_politely(&mut ws)).await;
+                    let _ = tokio::time::timeout(Duration::from_secs(1), close_politely(&mut conn))
+                        .await;
                 }
                 (end, Ok(times), node)
             }
@@ -332,7 +329,7 @@ impl Client {
     async fn setup(
         &self,
         tally: &mut Tally,
-    ) -> Result<(Ws, SetupTimes, Option<String>), SetupError> {
+    ) -> Result<(Conn, SetupTimes, Option<String>), SetupError> {
         let _slot = self
             .slots
             .acquire()
@@ -361,13 +358,13 @@ impl Client {
             times.subscribed_at = Some(self.started.elapsed());
             times.subscribe_rtt = Some(sent.elapsed());
         }
-        Ok((session.ws, times, session.node))
+        Ok((session.conn, times, session.node))
     }
 }
 
 /// Reads until the hub ends the connection or the run reaches [`Phase::Stop`].
 async fn receive(
-    ws: &mut Ws,
+    conn: &mut Conn,
     tally: &mut Tally,
     progress: &Progress,
     phases: Phases<'_>,
@@ -380,6 +377,13 @@ async fn receive(
     let stop = to_stop.wait_for(|p| *p >= Phase::Stop);
     tokio::pin!(drain, stop);
     let mut clock = Clock::default();
+    let mut reader = Reader {
+        conn,
+        tally,
+        progress,
+        clock: &mut clock,
+        now,
+    };
 
     match reading {
         Reading::Fast => {}
@@ -387,28 +391,22 @@ async fn receive(
             let _ = (&mut drain).await;
         }
         Reading::Slow(pause) => loop {
-            let Some(msg) = next_until(ws, drain.as_mut(), now, Phase::Drain, &mut clock).await
-            else {
-                break;
-            };
-            if let Some(end) = handle(msg, tally, progress, &mut clock) {
-                return end;
+            match reader.read_until(drain.as_mut(), Phase::Drain, true).await {
+                Until::Phase => break,
+                Until::End(end) => return end,
+                Until::OneMessage => {}
             }
             tokio::select! {
                 biased;
                 _ = &mut drain => break,
                 _ = tokio::time::sleep(pause) => {}
             }
-            clock.stale = true;
+            reader.clock.stale = true;
         },
     }
-    loop {
-        let Some(msg) = next_until(ws, stop.as_mut(), now, Phase::Stop, &mut clock).await else {
-            return End::Stopped;
-        };
-        if let Some(end) = handle(msg, tally, progress, &mut clock) {
-            return end;
-        }
+    match reader.read_until(stop.as_mut(), Phase::Stop, false).await {
+        Until::End(end) => end,
+        Until::Phase | Until::OneMessage => End::Stopped,
     }
 }
 
@@ -416,24 +414,14 @@ async fn receive(
 /// the stream) before the socket is dropped. Dropping it right after our close frame makes
 /// the close frame and the FIN arrive together, and actix-web-actors then reports the
 /// connection's end as a protocol error (the hub logs and counts 1002) instead of our 1000.
-async fn close_politely(ws: &mut Ws) {
-    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-    let frame = CloseFrame {
-        code: CloseCode::Normal,
-        reason: "".into(),
-    };
-    if ws.close(Some(frame)).await.is_err() {
+async fn close_politely(conn: &mut Conn) {
+    if conn.close(1000, "").await.is_err() {
         return;
     }
     // Pushes still in flight come first, then the hub's echo of our close. Once that is here
     // the hub has our close frame, and we need not wait for its FIN (which it sends ~0.7 s
     // later).
-    while let Some(Ok(msg)) = ws.next().await {
-        if msg.is_close() {
-            break;
-        }
-    }
+    conn.skip_until_close().await;
 }
 
 /// The receive time stamped on frames, read once per wake-up rather than once per frame.
@@ -469,55 +457,72 @@ struct Phases<'a> {
     now: &'a AtomicU8,
 }
 
-/// The next item from the socket, or `None` once the run has reached `phase` (`until` is
-/// that phase's watch future). Per frame this costs one relaxed load rather than a poll of
-/// the watch, which would also spend tokio's cooperative budget: with the socket polled
-/// first, a socket that never runs dry could then starve the watch of budget forever. The
-/// watch is polled only when the socket has nothing, to be woken by the phase change.
-async fn next_until<F: Future>(
-    ws: &mut Ws,
-    mut until: Pin<&mut F>,
-    now: &AtomicU8,
-    phase: Phase,
-    clock: &mut Clock,
-) -> Option<Option<Result<Message, WsError>>> {
-    std::future::poll_fn(|cx| {
-        if now.load(Ordering::Relaxed) >= phase as u8 {
-            return Poll::Ready(None);
-        }
-        if let Poll::Ready(msg) = ws.poll_next_unpin(cx) {
-            return Poll::Ready(Some(msg));
-        }
-        // Whatever arrives next arrives after this moment.
-        clock.stale = true;
-        match until.as_mut().poll(cx) {
-            Poll::Ready(_) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-        }
-    })
-    .await
+/// Why [`Reader::read_until`] returned.
+enum Until {
+    /// The run reached the phase.
+    Phase,
+    /// The connection is over.
+    End(End),
+    /// One message was read, as asked.
+    OneMessage,
 }
 
-/// Accounts one item from the socket; `Some` when the connection is over.
-fn handle(
-    msg: Option<Result<Message, WsError>>,
-    tally: &mut Tally,
-    progress: &Progress,
-    clock: &mut Clock,
-) -> Option<End> {
-    match msg {
-        Some(Ok(Message::Text(text))) => {
-            if tally.on_text(text.as_bytes(), clock.now_us()) {
-                // A plain store of our own count: no read-modify-write on the hot path.
-                progress.unique.store(tally.unique, Ordering::Relaxed);
+/// One client's receive path: the socket and what every message is accounted in.
+struct Reader<'a> {
+    conn: &'a mut Conn,
+    tally: &'a mut Tally,
+    progress: &'a Progress,
+    clock: &'a mut Clock,
+    now: &'a AtomicU8,
+}
+
+impl Reader<'_> {
+    /// Reads and accounts messages until the run reaches `phase` (`until` is that phase's
+    /// watch future), the connection ends or, with `one`, one message was read. Every
+    /// message the buffer holds is accounted within one poll, without a future per message;
+    /// per message this costs one relaxed load of the phase rather than a poll of the watch
+    /// (which would also spend tokio's cooperative budget, and with the socket polled first,
+    /// a socket that never runs dry could then starve the watch of budget forever). The watch
+    /// is polled only when the socket has nothing, to be woken by the phase change.
+    async fn read_until<F: Future>(
+        &mut self,
+        mut until: Pin<&mut F>,
+        phase: Phase,
+        one: bool,
+    ) -> Until {
+        std::future::poll_fn(|cx| loop {
+            if self.now.load(Ordering::Relaxed) >= phase as u8 {
+                return Poll::Ready(Until::Phase);
             }
-            None
-        }
-        Some(Ok(Message::Close(frame))) => Some(End::from_close(frame.as_ref())),
-        // Pings are answered by tungstenite itself on the next read; pongs and binary frames
-        // carry nothing we count.
-        Some(Ok(_)) => None,
-        Some(Err(e)) => Some(End::from_error(&e)),
-        None => Some(End::Eof),
+            match self.conn.poll_next(cx) {
+                Poll::Ready(Ok(Some(Msg::Text(text)))) => {
+                    if self.tally.on_text(text, self.clock.now_us()) {
+                        // A plain store of our own count: no read-modify-write per push.
+                        self.progress
+                            .unique
+                            .store(self.tally.unique, Ordering::Relaxed);
+                    }
+                }
+                // Binary frames carry nothing we count.
+                Poll::Ready(Ok(Some(Msg::Binary(_)))) => {}
+                Poll::Ready(Ok(Some(Msg::Close { code, reason }))) => {
+                    return Poll::Ready(Until::End(End::from_close(code, reason)))
+                }
+                Poll::Ready(Ok(None)) => return Poll::Ready(Until::End(End::Eof)),
+                Poll::Ready(Err(e)) => return Poll::Ready(Until::End(End::from_error(&e))),
+                Poll::Pending => {
+                    // Whatever arrives next arrives after this moment.
+                    self.clock.stale = true;
+                    return match until.as_mut().poll(cx) {
+                        Poll::Ready(_) => Poll::Ready(Until::Phase),
+                        Poll::Pending => Poll::Pending,
+                    };
+                }
+            }
+            if one {
+                return Poll::Ready(Until::OneMessage);
+            }
+        })
+        .await
     }
 }

@@ -39,6 +39,7 @@ mod scenario;
 mod stats;
 mod stream;
 mod token;
+mod wire;
 mod ws;
 
 use std::process::ExitCode;
