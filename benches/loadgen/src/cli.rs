@@ -84,9 +84,8 @@ pub struct Common {
     #[arg(long, global = true, default_value_t = 10.0)]
     pub setup_timeout_s: f64,
 
-    /// tungstenite's read buffer per connection, in bytes. It is zero-filled on every read, so
-    /// its default of 128 KiB costs ~135 KB per connection; 4 KiB holds a dozen 300-byte
-    /// pushes per read.
+    /// Read buffer per connection, in bytes (zeroed once, reused for every read; it grows only
+    /// for a frame larger than itself). 4 KiB holds a dozen 300-byte pushes per read.
     #[arg(long, global = true, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(256..=1048576))]
     pub read_buffer: u32,
 
