@@ -370,9 +370,15 @@ fn publish(body: &[u8], state: &State) -> Result<Value> {
     let mut channels = state.channels.borrow_mut();
     let ch = channels.entry(name.to_string()).or_default();
     ch.offset += 1;
-    let push = json!({"type":"message","channel":name,"offset":ch.offset,"epoch":"mock",
-                      "data":req["data"],"ts":0});
-    let bytes = frame(0x1, push.to_string().as_bytes());
+    // In the hub's key order (`json!` would sort the keys), so that the load generator's
+    // parser takes the same path as against the hub.
+    let push = format!(
+        r#"{{"type":"message","channel":{},"offset":{},"epoch":"mock","data":{},"ts":0}}"#,
+        Value::from(name),
+        ch.offset,
+        req["data"]
+    );
+    let bytes = frame(0x1, push.as_bytes());
     ch.subscribers.retain(|s| !s.closed.get());
     for (i, sub) in ch.subscribers.iter().enumerate() {
         let hit = |k: Option<u64>| k.is_some_and(|k| (ch.offset + i as u64) % k == 0);
