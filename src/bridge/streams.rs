@@ -54,7 +54,7 @@ use crate::engine::Engine;
 use crate::metrics::{Metrics, Source, StreamResult};
 
 /// Most entries read, and acknowledged, at once.
-const BATCH: usize = 100;
+const BATCH: usize = 500;
 /// Longest blocking read; a stop releases it at once.
 const MAX_BLOCK: Duration = Duration::from_secs(1);
 /// How long one non-blocking command, or a connection attempt, may take.
@@ -233,8 +233,8 @@ struct Outcome<'a> {
     acked: Vec<&'a str>,
     /// Dead-letter, then acknowledge.
     dead: Vec<Dead<'a>>,
-    /// The entry whose publish failed for a passing reason, with the error; it and everything
-    /// after it in the batch stay pending.
+    /// The first entry whose publish failed for a passing reason, with the error; it and any
+    /// others that failed stay pending and are retried, oldest first.
     failed: Option<(&'a str, String)>,
 }
 
@@ -510,21 +510,24 @@ impl Reader {
             .collect())
     }
 
-    /// Publishes a batch in stream order. Stops at the first passing failure (unless that entry
-    /// has used up its deliveries), so that nothing overtakes an entry that is retried.
+    /// Publishes a batch in stream order, all together (one pipeline on the Redis engine).
+    /// Entries after a passing failure are still published: they went out with it. What
+    /// failed stays pending, and the reader retries it alone before reading on.
     async fn handle<'a>(
         &self,
         batch: &'a [Entry],
         deliveries: &HashMap<String, u64>,
     ) -> Outcome<'a> {
         let max = self.settings.max_deliveries;
+        let delivered = |entry: &Entry| deliveries.get(&entry.id).copied().unwrap_or(1);
         let mut outcome = Outcome::default();
+        let mut to_publish = Vec::new();
+        let mut requests = Vec::new();
         for entry in batch {
-            let delivered = deliveries.get(&entry.id).copied().unwrap_or(1);
             let dead = |reason: String| Dead {
                 entry,
                 reason,
-                deliveries: delivered,
+                deliveries: delivered(entry),
             };
             match entry::classify(&self.stream, entry, self.settings.max_data_bytes) {
                 Verdict::Gone => {
@@ -537,34 +540,47 @@ impl Reader {
                 Verdict::Poison(reason) => outcome.dead.push(dead(reason)),
                 // Delivered that often without an acknowledgement: whatever took it before
                 // never finished (a node that keeps dying on it, say).
-                Verdict::Publish(_) if delivered > max => outcome.dead.push(dead(format!(
-                    "delivered {delivered} times without being acknowledged"
+                Verdict::Publish(_) if delivered(entry) > max => outcome.dead.push(dead(format!(
+                    "delivered {} times without being acknowledged",
+                    delivered(entry)
                 ))),
                 Verdict::Publish(request) => {
-                    let channel = request.channel.clone();
-                    match self.engine.publish(request).await {
-                        Ok(published) => {
-                            // Counted when published, not when acknowledged: if the
-                            // acknowledgement fails, the re-read finds a duplicate, which is
-                            // not counted again.
-                            if !published.duplicate {
-                                self.metrics.published(Source::Stream);
-                            }
-                            log::debug!(
-                                stream = self.stream.as_str(), entry = entry.id.as_str(),
-                                channel = channel.as_str(), event_id = published.event_id.as_str(),
-                                offset = published.position.offset, duplicate = published.duplicate;
-                                "published by stream"
-                            );
-                            outcome.acked.push(&entry.id);
-                        }
-                        Err(e) if delivered >= max => outcome.dead.push(dead(format!(
-                            "publish failed on each of {delivered} deliveries, last: {e}"
-                        ))),
-                        Err(e) => {
-                            outcome.failed = Some((&entry.id, e.to_string()));
-                            break;
-                        }
+                    to_publish.push((entry, request.channel.clone()));
+                    requests.push(request);
+                }
+            }
+        }
+        if requests.is_empty() {
+            return outcome;
+        }
+        let answers = self.engine.publish_many(requests).await;
+        for ((entry, channel), answer) in to_publish.into_iter().zip(answers) {
+            match answer {
+                Ok(published) => {
+                    // Counted when published, not when acknowledged: if the acknowledgement
+                    // fails, the re-read finds a duplicate, which is not counted again.
+                    if !published.duplicate {
+                        self.metrics.published(Source::Stream);
+                    }
+                    log::debug!(
+                        stream = self.stream.as_str(), entry = entry.id.as_str(),
+                        channel = channel.as_str(), event_id = published.event_id.as_str(),
+                        offset = published.position.offset, duplicate = published.duplicate;
+                        "published by stream"
+                    );
+                    outcome.acked.push(&entry.id);
+                }
+                Err(e) if delivered(entry) >= max => outcome.dead.push(Dead {
+                    entry,
+                    reason: format!(
+                        "publish failed on each of {} deliveries, last: {e}",
+                        delivered(entry)
+                    ),
+                    deliveries: delivered(entry),
+                }),
+                Err(e) => {
+                    if outcome.failed.is_none() {
+                        outcome.failed = Some((&entry.id, e.to_string()));
                     }
                 }
             }

@@ -152,6 +152,21 @@ impl ChannelState {
 
 #[async_trait]
 impl Engine for MemoryEngine {
+    async fn publish_many(&self, reqs: Vec<PublishRequest>) -> Vec<Result<Published, EngineError>> {
+        let mut answers = Vec::with_capacity(reqs.len());
+        let mut failed = false;
+        for req in reqs {
+            let answer = if failed {
+                Err(super::not_tried())
+            } else {
+                self.publish(req).await
+            };
+            failed |= answer.is_err();
+            answers.push(answer);
+        }
+        answers
+    }
+
     async fn publish(&self, req: PublishRequest) -> Result<Published, EngineError> {
         let now = Instant::now();
         let mut st = self.lock();

@@ -101,6 +101,11 @@ pub trait Engine: Send + Sync + 'static {
     /// Hub, in offset order. A repeated `event_id` within the dedup window is not published again.
     async fn publish(&self, req: PublishRequest) -> Result<Published, EngineError>;
 
+    /// Publishes `reqs` in their order, with one answer each, in the same order. A failure
+    /// ends the batch: the ones after it are not tried (they answer `unavailable`), so nothing
+    /// overtakes it. The Redis engine sends the whole batch in one script call.
+    async fn publish_many(&self, reqs: Vec<PublishRequest>) -> Vec<Result<Published, EngineError>>;
+
     /// The channel's current position, read after the caller registered with its Hub, and the
     /// recovery gap from `recover` when history still holds all of it.
     async fn subscribe(
@@ -175,10 +180,32 @@ async fn bounded<T>(
         })
 }
 
+/// The answers for a batch that failed as a whole.
+pub fn all_failed(n: usize, error: &EngineError) -> Vec<Result<Published, EngineError>> {
+    (0..n).map(|_| Err(error.clone())).collect()
+}
+
+/// Why a publication after a failed one in the same batch was not tried.
+pub fn not_tried() -> EngineError {
+    EngineError::Unavailable("not tried after an earlier publication in its batch failed".into())
+}
+
 #[async_trait]
 impl<E: Engine> Engine for Deadline<E> {
     async fn publish(&self, req: PublishRequest) -> Result<Published, EngineError> {
         bounded(self.0.publish(req)).await
+    }
+    async fn publish_many(&self, reqs: Vec<PublishRequest>) -> Vec<Result<Published, EngineError>> {
+        let n = reqs.len();
+        match tokio::time::timeout(ENGINE_DEADLINE, self.0.publish_many(reqs)).await {
+            Ok(answers) => answers,
+            // Some may have gone through: the caller retries them all, and dedup by
+            // `event_id` makes that harmless.
+            Err(_) => all_failed(
+                n,
+                &EngineError::Unavailable("no answer within the deadline".into()),
+            ),
+        }
     }
     async fn subscribe(
         &self,

@@ -325,6 +325,33 @@ fn position(items: &[Value]) -> Result<Position, EngineError> {
     }
 }
 
+/// What the publish script answered: `{1, offset, epoch}`, or `{0, "offset:epoch"}` for a
+/// duplicate.
+fn published(answer: &[Value], event_id: String) -> Result<Published, EngineError> {
+    match answer.first().and_then(int) {
+        Some(1) => Ok(Published {
+            position: position(&answer[1..])?,
+            event_id,
+            duplicate: false,
+        }),
+        Some(0) => {
+            let seen = answer.get(1).and_then(text).unwrap_or_default();
+            let (offset, epoch) = seen
+                .split_once(':')
+                .ok_or_else(|| EngineError::Internal("malformed dedup entry".into()))?;
+            Ok(Published {
+                position: Position {
+                    offset: offset.parse().unwrap_or(0),
+                    epoch: epoch.to_owned(),
+                },
+                event_id,
+                duplicate: true,
+            })
+        }
+        _ => Err(EngineError::Internal("unexpected publish answer".into())),
+    }
+}
+
 impl RedisEngine {
     /// Connects lazily: a node starts while Redis is down and reports not ready until it is up.
     pub fn new(
@@ -386,6 +413,18 @@ impl RedisEngine {
         }
     }
 
+    /// A step of the publish script that Redis refused, from the error's text: out of memory
+    /// is passing (`unavailable`), anything else a fault (`internal`). Redis answered, so the
+    /// node stays ready either way.
+    fn refused(&self, error: String) -> EngineError {
+        self.health.ok();
+        if error.contains("OOM") {
+            EngineError::Unavailable(error)
+        } else {
+            EngineError::Internal(error)
+        }
+    }
+
     /// When a lease renewed now runs out, on the server's clock.
     fn lease_expiry(&self) -> u64 {
         self.clock.now_ms() + self.settings.lease().as_millis() as u64
@@ -413,6 +452,43 @@ impl RedisEngine {
             }
             Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
+    }
+
+    /// Adds `req`'s keys and arguments to a publish script's invocation; answers the
+    /// publication's event id (the request's, or a new one).
+    fn add_publication(
+        &self,
+        invocation: &mut redis::ScriptInvocation<'_>,
+        req: &PublishRequest,
+    ) -> String {
+        let event_id = req
+            .event_id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let template = MessageTemplate::new(
+            &req.channel,
+            &event_id,
+            req.event_type.as_deref(),
+            &req.data,
+            req.from.as_ref(),
+            unix_millis(),
+        );
+        let dedup = req.event_id.is_some();
+        let dedup_key = if dedup {
+            self.keys.dedup(&req.channel, &event_id)
+        } else {
+            self.keys.history(&req.channel)
+        };
+        invocation
+            .key(self.keys.meta(&req.channel))
+            .key(self.keys.history(&req.channel))
+            .key(dedup_key)
+            .arg(self.keys.topic(&req.channel))
+            .arg(random_token(8))
+            .arg(&template.head)
+            .arg(&template.tail)
+            .arg(if dedup { "1" } else { "0" });
+        event_id
     }
 
     fn ttl_s(&self) -> u64 {
@@ -581,66 +657,46 @@ impl Op {
 #[async_trait]
 impl Engine for RedisEngine {
     async fn publish(&self, req: PublishRequest) -> Result<Published, EngineError> {
-        let event_id = req
-            .event_id
-            .clone()
-            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-        let template = MessageTemplate::new(
-            &req.channel,
-            &event_id,
-            req.event_type.as_deref(),
-            &req.data,
-            req.from.as_ref(),
-            unix_millis(),
-        );
-        let dedup = req.event_id.is_some();
-        let dedup_key = if dedup {
-            self.keys.dedup(&req.channel, &event_id)
-        } else {
-            self.keys.history(&req.channel)
-        };
+        let mut answers = self.publish_many(vec![req]).await;
+        answers
+            .pop()
+            .unwrap_or_else(|| Err(EngineError::Internal("no publish answer".into())))
+    }
+
+    async fn publish_many(&self, reqs: Vec<PublishRequest>) -> Vec<Result<Published, EngineError>> {
+        let mut invocation = self.scripts.publish.prepare_invoke();
+        invocation
+            .arg(self.settings.history_size)
+            .arg(self.ttl_s())
+            .arg(self.settings.dedup_window.as_secs().max(1));
+        let event_ids: Vec<String> = reqs
+            .iter()
+            .map(|req| self.add_publication(&mut invocation, req))
+            .collect();
         let mut conn = self.conn();
-        let answer: Vec<Value> = self
-            .answered(
-                self.scripts
-                    .publish
-                    .key(self.keys.meta(&req.channel))
-                    .key(self.keys.history(&req.channel))
-                    .key(dedup_key)
-                    .arg(self.keys.topic(&req.channel))
-                    .arg(self.settings.history_size)
-                    .arg(self.ttl_s())
-                    .arg(self.settings.dedup_window.as_secs().max(1))
-                    .arg(random_token(8))
-                    .arg(&template.head)
-                    .arg(&template.tail)
-                    .arg(if dedup { "1" } else { "0" })
-                    .invoke_async(&mut conn)
-                    .await,
-            )
-            .await?;
-        match answer.first().and_then(int) {
-            Some(1) => Ok(Published {
-                position: position(&answer[1..])?,
-                event_id,
-                duplicate: false,
-            }),
-            Some(0) => {
-                let seen = answer.get(1).and_then(text).unwrap_or_default();
-                let (offset, epoch) = seen
-                    .split_once(':')
-                    .ok_or_else(|| EngineError::Internal("malformed dedup entry".into()))?;
-                Ok(Published {
-                    position: Position {
-                        offset: offset.parse().unwrap_or(0),
-                        epoch: epoch.to_owned(),
-                    },
-                    event_id,
-                    duplicate: true,
-                })
-            }
-            _ => Err(EngineError::Internal("unexpected publish answer".into())),
+        let answers: Vec<Vec<Value>> = match self
+            .answered(invocation.invoke_async(&mut conn).await)
+            .await
+        {
+            Ok(answers) => answers,
+            Err(e) => return super::all_failed(event_ids.len(), &e),
+        };
+        let mut answers = answers.into_iter();
+        let mut out = Vec::with_capacity(event_ids.len());
+        let mut failed = false;
+        for event_id in event_ids {
+            out.push(match answers.next() {
+                Some(answer) if answer.first().and_then(int) == Some(-1) => {
+                    failed = true;
+                    let error = answer.get(1).and_then(text).unwrap_or_default();
+                    Err(self.refused(error))
+                }
+                Some(answer) => published(&answer, event_id),
+                None if failed => Err(super::not_tried()),
+                None => Err(EngineError::Internal("missing publish answer".into())),
+            });
         }
+        out
     }
 
     async fn subscribe(

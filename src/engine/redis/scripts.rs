@@ -4,36 +4,66 @@
 
 use redis::Script;
 
-/// Publishes one message: dedup check, next offset, history append and trim, expiry, then
-/// PUBLISH of the finished frame. Atomic, so every node sees a channel's offsets in order.
+/// Publishes one or more messages in order, each as one step: dedup check, next offset,
+/// history append and trim, expiry, then PUBLISH of the finished frame. Atomic, so every node
+/// sees a channel's offsets in order; a batch (a stream's entries) costs one round trip. A
+/// step that fails ends the batch: the ones after it are not tried, so nothing overtakes it.
 ///
-/// KEYS: meta, history, dedup key (the history key again when there is no event id).
-/// ARGV: topic, history size, history TTL (s), dedup window (s), epoch to start with,
-///       frame head, frame tail, `1` when deduplicating.
-/// Returns `{1, offset, epoch}`, or `{0, "offset:epoch"}` for a duplicate.
+/// KEYS, per message: meta, history, dedup key (the history key again when there is no event
+/// id). ARGV: history size, history TTL (s), dedup window (s), then per message: topic, epoch
+/// to start with, frame head, frame tail, `1` when deduplicating.
+/// Returns one answer per message tried: `{1, offset, epoch}`, `{0, "offset:epoch"}` for a
+/// duplicate, or (last) `{-1, error}`.
 const PUBLISH: &str = r#"
-local meta, history = KEYS[1], KEYS[2]
-if ARGV[8] == '1' then
-  local seen = redis.call('GET', KEYS[3])
-  if seen then return {0, seen} end
+local size, ttl, window = tonumber(ARGV[1]), ARGV[2], ARGV[3]
+-- Per channel touched by this batch: its epoch, read once; trim and expiry, done once at the
+-- end (nothing sees the history in between).
+local epochs, touched = {}, {}
+local function publish(meta, history, dedup, topic, fresh, head, tail, deduplicate)
+  if deduplicate then
+    local seen = redis.call('GET', dedup)
+    if seen then return {0, seen} end
+  end
+  local epoch = epochs[meta]
+  if not epoch then
+    epoch = redis.call('HGET', meta, 'epoch')
+    if not epoch then
+      epoch = fresh
+      redis.call('DEL', history)
+      redis.call('HSET', meta, 'epoch', epoch, 'offset', 0)
+    end
+    epochs[meta] = epoch
+    touched[#touched + 1] = {meta, history}
+  end
+  local offset = redis.call('HINCRBY', meta, 'offset', 1)
+  local frame = head .. string.format('%d', offset) .. ',"epoch":"' .. epoch .. '",' .. tail
+  redis.call('RPUSH', history, frame)
+  if deduplicate then
+    redis.call('SET', dedup, string.format('%d', offset) .. ':' .. epoch, 'EX', window)
+  end
+  redis.call('PUBLISH', topic, frame)
+  return {1, offset, epoch}
 end
-local epoch = redis.call('HGET', meta, 'epoch')
-if not epoch then
-  epoch = ARGV[5]
-  redis.call('DEL', history)
-  redis.call('HSET', meta, 'epoch', epoch, 'offset', 0)
+local function finish(answers)
+  for _, keys in ipairs(touched) do
+    redis.call('LTRIM', keys[2], -size, -1)
+    redis.call('EXPIRE', keys[2], ttl)
+    redis.call('EXPIRE', keys[1], ttl)
+  end
+  return answers
 end
-local offset = redis.call('HINCRBY', meta, 'offset', 1)
-local frame = ARGV[6] .. string.format('%d', offset) .. ',"epoch":"' .. epoch .. '",' .. ARGV[7]
-redis.call('RPUSH', history, frame)
-redis.call('LTRIM', history, -tonumber(ARGV[2]), -1)
-redis.call('EXPIRE', history, ARGV[3])
-redis.call('EXPIRE', meta, ARGV[3])
-if ARGV[8] == '1' then
-  redis.call('SET', KEYS[3], string.format('%d', offset) .. ':' .. epoch, 'EX', ARGV[4])
+local answers = {}
+for i = 0, #KEYS / 3 - 1 do
+  local k, a = 3 * i, 4 + 5 * i
+  local ok, answer = pcall(publish, KEYS[k + 1], KEYS[k + 2], KEYS[k + 3],
+    ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4] == '1')
+  if not ok then
+    answers[#answers + 1] = {-1, type(answer) == 'table' and answer.err or tostring(answer)}
+    return finish(answers)
+  end
+  answers[#answers + 1] = answer
 end
-redis.call('PUBLISH', ARGV[1], frame)
-return {1, offset, epoch}
+return finish(answers)
 "#;
 
 /// The channel's position, starting an epoch if it has none, and the publications after a
