@@ -1,14 +1,17 @@
-//! Mints the HS256 tokens the simulated users connect with.
+//! The tokens the simulated users connect with: HS256 tokens signed with the hub's secret, or,
+//! against a hub in development mode (no secret known), tokens asked of its `POST /dev/token`.
 //!
 //! One distinct user per connection (`u0`, `u1`, ...) because the hub allows only a few
-//! connections per user. Tokens are minted before any clock starts, so signing never counts
-//! in a measured time.
+//! connections per user. Tokens are made before any clock starts, so signing or fetching never
+//! counts in a measured time.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use jsonwebtoken::{EncodingKey, Header};
 use serde::Serialize;
+
+use crate::http::HttpClient;
 
 /// The claims the hub reads: `sub`, `exp`, and the subscribe patterns.
 #[derive(Serialize)]
@@ -63,6 +66,41 @@ impl TokenMinter {
     pub fn mint_all(&self, n: usize) -> Result<Vec<String>> {
         (0..n).map(|i| self.mint(i)).collect()
     }
+}
+
+/// Tokens for users `<prefix>0..<prefix>n` from a development-mode hub's `POST /dev/token`,
+/// over one keep-alive connection to `base`.
+pub async fn dev_tokens(base: &str, prefix: &str, n: usize) -> Result<Vec<String>> {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        token: String,
+    }
+    let mut client = HttpClient::new(base, Duration::from_secs(5)).await?;
+    let mut tokens = Vec::with_capacity(n);
+    for i in 0..n {
+        let body = serde_json::json!({ "user": format!("{prefix}{i}") }).to_string();
+        let answer = client
+            .request(
+                "POST",
+                "/dev/token",
+                &[("Content-Type", "application/json")],
+                body.as_bytes(),
+            )
+            .await
+            .map_err(|e| anyhow!("POST {base}/dev/token: {e}"))?;
+        if answer.status != 200 {
+            bail!(
+                "POST {base}/dev/token answered {}: {} (without --secret the hub must be in \
+                 development mode)",
+                answer.status,
+                String::from_utf8_lossy(&answer.body)
+            );
+        }
+        let answer: Answer = serde_json::from_slice(&answer.body)
+            .with_context(|| format!("the answer of POST {base}/dev/token"))?;
+        tokens.push(answer.token);
+    }
+    Ok(tokens)
 }
 
 #[cfg(test)]

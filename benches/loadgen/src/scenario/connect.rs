@@ -15,7 +15,7 @@ use crate::ws::End;
 
 pub async fn run(ctx: &Ctx, args: &ConnectArgs) -> Result<()> {
     ctx.check_files(args.n)?;
-    let tokens = ctx.minter.mint_all(args.n)?;
+    let tokens = ctx.tokens(args.n).await?;
     ctx.report.step("tokens", json!({"n": args.n}));
 
     let before = Snapshot::take(ctx.hub_pid);

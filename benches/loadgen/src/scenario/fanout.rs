@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use anyhow::{bail, Result};
 use serde_json::{json, Value};
 
-use super::{fresh_channel, mem_json, per_s, publish_and_drain, schedule, Ctx, Deliveries};
+use super::{mem_json, per_s, publish_and_drain, schedule, Ctx, Deliveries};
 use crate::cli::FanoutArgs;
 use crate::fleet::{ClientReport, Fleet, Plan, Reading};
 use crate::procfs::mib;
@@ -24,10 +24,13 @@ use crate::stats;
 
 pub async fn run(ctx: &Ctx, args: &FanoutArgs) -> Result<()> {
     let p = &args.publish;
-    let channel = p.channel.clone().unwrap_or_else(|| fresh_channel("fanout"));
+    let channel = p
+        .channel
+        .clone()
+        .unwrap_or_else(|| ctx.fresh_channel("fanout"));
     let schedule = schedule(p, &channel)?;
     ctx.check_files(args.subs + p.http_conns)?;
-    let tokens = ctx.minter.mint_all(args.subs)?;
+    let tokens = ctx.tokens(args.subs).await?;
     let lanes = ctx.http_lanes(p).await?;
 
     let (fleet, setup) = Fleet::launch(&ctx.fleet, tokens, |_| Plan {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use serde_json::json;
 
-use super::{fresh_channel, mem_json, setup_problems, Ctx};
+use super::{mem_json, setup_problems, Ctx};
 use crate::cli::{IdleArgs, ParseMode};
 use crate::fleet::{Fleet, Phase, Plan, Reading};
 use crate::procfs::{mib, Snapshot};
@@ -25,10 +25,10 @@ pub async fn run(ctx: &Ctx, args: &IdleArgs) -> Result<()> {
     let prefix = args
         .channel
         .clone()
-        .unwrap_or_else(|| fresh_channel("idle"));
+        .unwrap_or_else(|| ctx.fresh_channel("idle"));
     let channels = args.channels.max(1);
     let settle = Duration::from_secs_f64(args.settle_s.max(0.0));
-    let tokens = ctx.minter.mint_all(args.n)?;
+    let tokens = ctx.tokens(args.n).await?;
 
     let before = Snapshot::take(Some(hub));
     ctx.report.step("before", mem_json(&before));

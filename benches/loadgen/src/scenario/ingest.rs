@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 
-use super::{fresh_channel, mem_json, per_s, Ctx, Deliveries, LoopLag, Ticker};
+use super::{mem_json, per_s, Ctx, Deliveries, LoopLag, Ticker};
 use crate::cli::IngestArgs;
 use crate::fleet::{Fleet, Phase, Plan, Reading};
 use crate::procfs::{mib, RssSampler, Snapshot};
@@ -32,7 +32,7 @@ pub async fn run(ctx: &Ctx, args: &IngestArgs) -> Result<()> {
     let channel = args
         .channel
         .clone()
-        .unwrap_or_else(|| fresh_channel("ingest"));
+        .unwrap_or_else(|| ctx.fresh_channel("ingest"));
     ctx.check_files(args.subs + 8)?;
     let dlq = format!("{}:dlq", args.stream);
 
@@ -77,7 +77,7 @@ pub async fn run(ctx: &Ctx, args: &IngestArgs) -> Result<()> {
         );
     }
 
-    let tokens = ctx.minter.mint_all(args.subs)?;
+    let tokens = ctx.tokens(args.subs).await?;
     let (fleet, setup) = Fleet::launch(&ctx.fleet, tokens, |_| Plan {
         subscribe: Some(channel.clone()),
         reading: Reading::Fast,

@@ -41,7 +41,8 @@ use crate::ws::Connector;
 pub struct Ctx {
     pub common: Common,
     pub fleet: FleetConfig,
-    pub minter: TokenMinter,
+    /// Signs tokens with `--secret`; `None`: tokens come from the hub's `POST /dev/token`.
+    pub minter: Option<TokenMinter>,
     /// The hub process for /proc readings, when known.
     pub hub_pid: Option<u32>,
     pub report: Reporter,
@@ -69,10 +70,12 @@ pub async fn run(cli: Cli) -> Result<()> {
 impl Ctx {
     async fn new(common: Common, scenario: &'static str) -> Result<Self> {
         let report = Reporter::new(scenario, !common.no_table);
-        let secret = common
-            .secret
-            .clone()
-            .context("no --secret (or HUB_JWT_SECRET): the hub's HS256 secret is needed")?;
+        if common.secret.is_none() {
+            eprintln!(
+                "hub-loadgen: no --secret (or HUB_JWT_SECRET): tokens come from the hub's \
+                 POST /dev/token (development mode), channels are under `dashboard:`"
+            );
+        }
         let connector =
             Connector::new(&common.url, common.source_ips, common.read_buffer as usize).await?;
         let hub_pid = procfs::hub_pid(common.hub_pid, connector.first_port())?;
@@ -95,16 +98,37 @@ impl Ctx {
                 setup_timeout: Duration::from_secs_f64(common.setup_timeout_s.max(0.001)),
                 sigfig: common.hist_sigfig,
             },
-            minter: TokenMinter::new(
-                &secret,
-                &common.user_prefix,
-                common.token_channels.clone(),
-                common.token_ttl_s,
-            ),
+            minter: common.secret.as_deref().map(|secret| {
+                TokenMinter::new(
+                    secret,
+                    &common.user_prefix,
+                    common.token_channels.clone(),
+                    common.token_ttl_s,
+                )
+            }),
             hub_pid,
             report,
             common,
         })
+    }
+
+    /// Tokens for connections `0..n`, in order.
+    pub async fn tokens(&self, n: usize) -> Result<Vec<String>> {
+        match &self.minter {
+            Some(minter) => minter.mint_all(n),
+            None => crate::token::dev_tokens(self.http_base(), &self.common.user_prefix, n).await,
+        }
+    }
+
+    /// A channel name no earlier run used, so that no history or subscriber carries over; under
+    /// `dashboard:` against a development-mode hub, whose tokens allow only `chat:*` and
+    /// `dashboard:*` (and `chat:` channels announce every subscriber to all the others).
+    pub fn fresh_channel(&self, scenario: &str) -> String {
+        let channel = fresh_channel(scenario);
+        match self.minter {
+            Some(_) => channel,
+            None => channel.replacen("bench:", "dashboard:bench-", 1),
+        }
     }
 
     /// Refuses to start `n` connections that the file limit cannot hold.

@@ -12,9 +12,7 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use serde_json::json;
 
-use super::{
-    fresh_channel, hub_metrics, mem_json, per_s, publish_and_drain, schedule, Ctx, Deliveries,
-};
+use super::{hub_metrics, mem_json, per_s, publish_and_drain, schedule, Ctx, Deliveries};
 use crate::cli::{OverloadArgs, SlowMode};
 use crate::fleet::{ClientReport, Fleet, Plan, Reading};
 use crate::procfs::{self, mib};
@@ -39,13 +37,13 @@ pub async fn run(ctx: &Ctx, args: &OverloadArgs) -> Result<()> {
     let channel = p
         .channel
         .clone()
-        .unwrap_or_else(|| fresh_channel("overload"));
+        .unwrap_or_else(|| ctx.fresh_channel("overload"));
     let schedule = schedule(p, &channel)?;
     ctx.check_files(args.subs + p.http_conns)?;
     let fraction = args.slow_fraction.clamp(0.0, 1.0);
     // Spreads floor(n * fraction) slow clients evenly over the indices.
     let is_slow = |i: usize| (i as f64 * fraction).floor() != ((i + 1) as f64 * fraction).floor();
-    let tokens = ctx.minter.mint_all(args.subs)?;
+    let tokens = ctx.tokens(args.subs).await?;
     let lanes = ctx.http_lanes(p).await?;
     let slow_reading = match args.slow_mode {
         SlowMode::Stop => Reading::Stopped,
