@@ -1339,6 +1339,40 @@ async fn a_command_redis_refuses_answers_internal_and_the_node_stays_ready() {
     api_publish(&a, "fine", json!(1)).await;
 }
 
+/// A publication Redis refuses half-way (its history key is of the wrong type) leaves no trace:
+/// once the key is repaired, the same `event_id` is published, at the next offset, rather than
+/// answered as a duplicate of a publication that never happened.
+#[actix_rt::test]
+async fn a_publication_refused_half_way_is_not_taken_for_a_duplicate_later() {
+    let redis = RedisServer::start();
+    let a = ready_node(&redis, "a", &[]).await;
+    let keys = realtime_hub::engine::redis::Keys::new("hub");
+    let mut conn = redis_conn(&redis.url());
+    api_publish(&a, "half", json!(0)).await;
+    let _: () = redis::cmd("SET")
+        .arg(keys.history("half"))
+        .arg("not a list")
+        .query(&mut conn)
+        .expect("SET");
+    let body = json!({"channel": "half", "data": 1, "event_id": "ev-half"});
+    let (status, answer) = post(&a, "/api/publish", body.clone()).await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (500, Some("internal")),
+        "{answer}"
+    );
+
+    let _: () = redis::cmd("DEL")
+        .arg(keys.history("half"))
+        .query(&mut conn)
+        .expect("DEL");
+    let (status, answer) = post(&a, "/api/publish", body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["offset"], 2, "published, not a duplicate: {answer}");
+    let (_, page) = get(&a, "/api/history/half").await;
+    assert_eq!(page["offset"], 2, "{page}");
+}
+
 /// A presence write Redis refuses is not retried ahead of the writes behind it: the next
 /// subscriber's `subscribed` comes at once, and presence lists it.
 #[actix_rt::test]

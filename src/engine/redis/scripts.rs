@@ -4,10 +4,11 @@
 
 use redis::Script;
 
-/// Publishes one or more messages in order, each as one step: dedup check, next offset,
-/// history append and trim, expiry, then PUBLISH of the finished frame. Atomic, so every node
-/// sees a channel's offsets in order; a batch (a stream's entries) costs one round trip. A
-/// step that fails ends the batch: the ones after it are not tried, so nothing overtakes it.
+/// Publishes one or more messages in order, each as one step: dedup check and claim (one
+/// `SET NX`), next offset, history append, then PUBLISH of the finished frame; each channel's
+/// position, trim and expiry are read and written once per call. Atomic, so every node sees a
+/// channel's offsets in order; a batch (a stream's entries) costs one round trip. A step that
+/// fails ends the batch: the ones after it are not tried, so nothing overtakes it.
 ///
 /// KEYS, per message: meta, history, dedup key (the history key again when there is no event
 /// id). ARGV: history size, history TTL (s), dedup window (s), then per message: topic, epoch
@@ -16,39 +17,46 @@ use redis::Script;
 /// duplicate, or (last) `{-1, error}`.
 const PUBLISH: &str = r#"
 local size, ttl, window = tonumber(ARGV[1]), ARGV[2], ARGV[3]
--- Per channel touched by this batch: its epoch, read once; trim and expiry, done once at the
--- end (nothing sees the history in between).
-local epochs, touched = {}, {}
+-- Per channel touched by this batch (by meta key): its epoch and last offset, read once and
+-- written back once at the end with the trim and expiry (nothing sees them in between).
+local channels, touched = {}, {}
+local claimed -- the dedup key the step under way has set, taken back if the step fails
 local function publish(meta, history, dedup, topic, fresh, head, tail, deduplicate)
-  if deduplicate then
-    local seen = redis.call('GET', dedup)
-    if seen then return {0, seen} end
-  end
-  local epoch = epochs[meta]
-  if not epoch then
-    epoch = redis.call('HGET', meta, 'epoch')
-    if not epoch then
-      epoch = fresh
+  local ch = channels[meta]
+  if not ch then
+    local state = redis.call('HMGET', meta, 'epoch', 'offset')
+    if state[1] then
+      ch = {epoch = state[1], offset = tonumber(state[2]) or 0, history = history}
+    else
       redis.call('DEL', history)
-      redis.call('HSET', meta, 'epoch', epoch, 'offset', 0)
+      ch = {epoch = fresh, offset = 0, history = history}
     end
-    epochs[meta] = epoch
-    touched[#touched + 1] = {meta, history}
+    channels[meta] = ch
+    touched[#touched + 1] = meta
   end
-  local offset = redis.call('HINCRBY', meta, 'offset', 1)
-  local frame = head .. string.format('%d', offset) .. ',"epoch":"' .. epoch .. '",' .. tail
-  redis.call('RPUSH', history, frame)
+  local offset = ch.offset + 1
   if deduplicate then
-    redis.call('SET', dedup, string.format('%d', offset) .. ':' .. epoch, 'EX', window)
+    -- One command for the check and the claim: the value is what a repeat is answered.
+    local position = string.format('%d', offset) .. ':' .. ch.epoch
+    if not redis.call('SET', dedup, position, 'NX', 'EX', window) then
+      return {0, redis.call('GET', dedup)}
+    end
+    claimed = dedup
   end
+  local frame = head .. string.format('%d', offset) .. ',"epoch":"' .. ch.epoch .. '",' .. tail
+  redis.call('RPUSH', history, frame)
+  ch.offset = offset
+  claimed = nil
   redis.call('PUBLISH', topic, frame)
-  return {1, offset, epoch}
+  return {1, offset, ch.epoch}
 end
 local function finish(answers)
-  for _, keys in ipairs(touched) do
-    redis.call('LTRIM', keys[2], -size, -1)
-    redis.call('EXPIRE', keys[2], ttl)
-    redis.call('EXPIRE', keys[1], ttl)
+  for _, meta in ipairs(touched) do
+    local ch = channels[meta]
+    redis.call('HSET', meta, 'epoch', ch.epoch, 'offset', ch.offset)
+    redis.call('LTRIM', ch.history, -size, -1)
+    redis.call('EXPIRE', ch.history, ttl)
+    redis.call('EXPIRE', meta, ttl)
   end
   return answers
 end
@@ -58,6 +66,7 @@ for i = 0, #KEYS / 3 - 1 do
   local ok, answer = pcall(publish, KEYS[k + 1], KEYS[k + 2], KEYS[k + 3],
     ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4] == '1')
   if not ok then
+    if claimed then redis.call('DEL', claimed) end
     answers[#answers + 1] = {-1, type(answer) == 'table' and answer.err or tostring(answer)}
     return finish(answers)
   end
