@@ -340,15 +340,22 @@ impl Reader {
         let mut retry_backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
         let period = self.settings.maintenance_period();
         let mut next_maintenance = Instant::now();
+        // New entries read while the previous batch was being published.
+        let mut prefetched: Option<Vec<Entry>> = None;
         loop {
-            if self.stopped() {
+            // A batch read ahead is in hand too: finished before stopping, like the one before.
+            if self.stopped() && !prefetched.as_ref().is_some_and(|b| !b.is_empty()) {
                 return Ended::Stopped;
             }
             if Instant::now() >= next_maintenance {
                 match self.claim(&mut link.conn).await {
                     Ok(0) => {}
-                    // Claimed entries are now ours: read them with our own pending ones.
-                    Ok(_) => cursor = Some("0".to_owned()),
+                    // Claimed entries are now ours: read them with our own pending ones (and
+                    // the entries read ahead with them, in order).
+                    Ok(_) => {
+                        cursor = Some("0".to_owned());
+                        prefetched = None;
+                    }
                     Err(e) => return Ended::Failed(e),
                 }
                 if let Err(e) = self.remove_dead_consumers(&mut link.conn).await {
@@ -364,7 +371,10 @@ impl Reader {
                     let count = if retrying { 1 } else { BATCH };
                     self.read_pending(&mut link.conn, after, count).await
                 }
-                None => self.read_new(&link, period.min(MAX_BLOCK)).await,
+                None => match prefetched.take() {
+                    Some(batch) if !batch.is_empty() => Ok(batch),
+                    _ => self.read_new(&link, period.min(MAX_BLOCK)).await,
+                },
             };
             let batch = match batch {
                 Ok(b) => b,
@@ -385,10 +395,30 @@ impl Reader {
             } else {
                 HashMap::new()
             };
-            let outcome = self.handle(&batch, &deliveries).await;
+            let mut prefetch = None;
+            let outcome = if cursor.is_none() && batch.len() == BATCH && !self.stopped() {
+                // A full batch: more is likely waiting. Read it while this one is published,
+                // so Redis reads and the hub's handling overlap instead of taking turns.
+                // Reading without BLOCK answers at once, with nothing if nothing is there.
+                let mut conn = link.conn.clone();
+                let (outcome, next) = tokio::join!(
+                    self.handle(&batch, &deliveries),
+                    self.read_pending(&mut conn, ">", BATCH)
+                );
+                prefetch = Some(next);
+                outcome
+            } else {
+                self.handle(&batch, &deliveries).await
+            };
             if let Err(e) = self.settle(&mut link.conn, &outcome).await {
                 // Unacknowledged entries are read again; the engine's dedup makes that harmless.
                 return Ended::Failed(e);
+            }
+            match prefetch {
+                Some(Ok(next)) => prefetched = Some(next),
+                // What it may have read is pending on us, and is read again after a reconnect.
+                Some(Err(e)) => return Ended::Failed(e),
+                None => {}
             }
             match outcome.failed {
                 Some((id, error)) => {
@@ -403,6 +433,9 @@ impl Reader {
                     );
                     cursor = Some("0".to_owned());
                     retrying = true;
+                    // Entries read ahead are pending on us now: re-read in order after the
+                    // failed one.
+                    prefetched = None;
                     if self.pause(wait).await {
                         return Ended::Stopped;
                     }
@@ -420,7 +453,8 @@ impl Reader {
         }
     }
 
-    /// Own pending entries after `after`, oldest first (no blocking).
+    /// Own pending entries after `after`, oldest first, or with `after` = `>` new ones; never
+    /// blocks.
     async fn read_pending(
         &self,
         conn: &mut MultiplexedConnection,
