@@ -16,7 +16,7 @@ use crate::auth::unix_micros;
 use crate::config::{random_token, MAX_DURATION};
 use crate::hub::Deliver;
 use crate::protocol::server::message;
-use crate::protocol::{ClientInfo, Message, MessageTemplate, Position};
+use crate::protocol::{ClientInfo, Message, Position};
 
 /// How often expired channels and dedup entries are dropped.
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
@@ -181,19 +181,9 @@ impl Engine for MemoryEngine {
                 }
             }
         }
-        let event_id = req
-            .event_id
-            .clone()
-            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let event_id = req.event_id_or_new();
         let accepted_us = unix_micros();
-        let template = MessageTemplate::new(
-            &req.channel,
-            &event_id,
-            req.event_type.as_deref(),
-            &req.data,
-            req.from.as_ref(),
-            accepted_us / 1000,
-        );
+        let template = req.template(&event_id, accepted_us / 1000);
         let ch = st.channel(&req.channel, now, self.history_ttl);
         let offset = ch.offset + 1;
         let text = template.complete(offset, &ch.epoch);

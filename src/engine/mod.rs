@@ -19,7 +19,7 @@ use crate::error::HubError;
 use crate::protocol::client::event_field;
 use crate::protocol::server::Sender;
 use crate::protocol::{json_depth, valid_channel, MAX_DATA_DEPTH};
-use crate::protocol::{ClientInfo, Message, Position};
+use crate::protocol::{ClientInfo, Message, MessageTemplate, Position};
 
 /// How long any engine call may take before the caller answers `unavailable`.
 pub const ENGINE_DEADLINE: Duration = Duration::from_secs(2);
@@ -36,6 +36,26 @@ pub struct PublishRequest {
 }
 
 impl PublishRequest {
+    /// The publication's event id: the request's, or a new one.
+    pub fn event_id_or_new(&self) -> String {
+        self.event_id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+    }
+
+    /// The publication's `message` frame but for its offset and epoch (the engine's to give),
+    /// stamped `ts_ms`.
+    pub fn template(&self, event_id: &str, ts_ms: u64) -> MessageTemplate {
+        MessageTemplate::new(
+            &self.channel,
+            event_id,
+            self.event_type.as_deref(),
+            &self.data,
+            self.from.as_ref(),
+            ts_ms,
+        )
+    }
+
     /// The checks every publication passes, whoever makes it: a valid channel name, bounded
     /// `event_id`/`event_type`, and `data` (as JSON) within `max_data_bytes`.
     pub fn validate(&self, max_data_bytes: usize) -> Result<(), HubError> {

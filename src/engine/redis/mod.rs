@@ -42,7 +42,7 @@ use crate::auth::unix_millis;
 use crate::config::{random_token, Config};
 use crate::protocol::node::NodeMessage;
 use crate::protocol::server::message;
-use crate::protocol::{ClientInfo, Message, MessageTemplate, Position, ServerFrame};
+use crate::protocol::{ClientInfo, Message, Position, ServerFrame};
 
 /// Whether this node can reach Redis, for `/ready`.
 #[derive(Debug, Default)]
@@ -461,18 +461,8 @@ impl RedisEngine {
         invocation: &mut redis::ScriptInvocation<'_>,
         req: &PublishRequest,
     ) -> String {
-        let event_id = req
-            .event_id
-            .clone()
-            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-        let template = MessageTemplate::new(
-            &req.channel,
-            &event_id,
-            req.event_type.as_deref(),
-            &req.data,
-            req.from.as_ref(),
-            unix_millis(),
-        );
+        let event_id = req.event_id_or_new();
+        let template = req.template(&event_id, unix_millis());
         let dedup = req.event_id.is_some();
         let dedup_key = if dedup {
             self.keys.dedup(&req.channel, &event_id)
