@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A short smoke of every load-generator scenario, for CI: connect, idle, fanout and overload on
-# the memory engine; ingest and a two-node fanout on the Redis engine. Builds the hub and the
-# load generator in release, starts hubs (and a throwaway redis-server) on free ports, runs
+# the memory engine; ingest and a one- and a two-node fanout on the Redis engine. Builds the hub
+# and the load generator in release, starts hubs (and a throwaway redis-server) on free ports, runs
 # each scenario for a few seconds at small sizes with --fail-on-loss, and stops everything it
 # started.
 #
@@ -240,6 +240,8 @@ start_hub node-b "$B_PORT" HUB_REDIS_URL="$REDIS_URL" HUB_STREAMS=bench:unused
 
 run_scenario ingest --url "ws://127.0.0.1:$A_PORT" --hub-pid "$A_PID" \
   ingest --entries 2000 --subs 10 --redis-url "$REDIS_URL" --drain-s 20
+run_scenario fanout-redis-1-node --url "ws://127.0.0.1:$A_PORT" --http "http://127.0.0.1:$A_PORT" \
+  --hub-pid "$A_PID" fanout --subs 100 --rate 100 --duration 3 --drain-s 10
 # Subscribers alternate between the nodes, publications alternate between their server APIs:
 # every subscriber must see one gapless order whichever node it is on.
 run_scenario fanout-redis-2-nodes \
