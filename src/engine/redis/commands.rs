@@ -1,11 +1,11 @@
 //! The connection commands go over: the `redis` crate's `ConnectionManager`, plus one resend of
-//! a command that never left this process because the link under it had died.
+//! a read-only command whose link had already died.
 //!
 //! A `ConnectionManager` learns that its link is dead only from a command that fails on it, and
 //! reconnects for the next one. A node whose link sat idle while Redis restarted would answer
 //! its first request after the restart with `unavailable` (`broken pipe`) while `/ready` already
-//! says 200. The resend is limited to the errors that mean the command was never written
-//! (`BrokenPipe`, `NotConnected`), so a command that may have run is never run twice.
+//! says 200. Only reads are sent again: the crate reports `BrokenPipe` also for requests that
+//! were written before the link died, and a write (a publish, a presence change) may have run.
 
 use std::io;
 use std::sync::Arc;
@@ -30,8 +30,9 @@ impl Commands {
     }
 }
 
-/// The command was refused before it was written: the link had already closed.
-fn never_sent(e: &redis::RedisError) -> bool {
+/// The link under the command had closed (before or after it was written: the crate does not
+/// tell).
+fn link_closed(e: &redis::RedisError) -> bool {
     // The crate keeps the I/O error behind an `Arc` it exposes only as the error's source.
     let io = std::error::Error::source(e).and_then(|source| {
         source.downcast_ref::<io::Error>().or_else(|| {
@@ -48,11 +49,43 @@ fn never_sent(e: &redis::RedisError) -> bool {
     })
 }
 
+/// Commands that change nothing, so running one twice is harmless.
+fn read_only(cmd: &Cmd) -> bool {
+    const READS: &[&[u8]] = &[
+        b"GET",
+        b"MGET",
+        b"HGET",
+        b"HMGET",
+        b"HGETALL",
+        b"HLEN",
+        b"EXISTS",
+        b"TYPE",
+        b"TIME",
+        b"PING",
+        b"LLEN",
+        b"LRANGE",
+        b"ZRANGE",
+        b"ZRANGEBYSCORE",
+        b"ZSCORE",
+        b"ZCARD",
+        b"XLEN",
+        b"XRANGE",
+        b"XREVRANGE",
+        b"XPENDING",
+        b"XINFO",
+        b"SCAN",
+    ];
+    match cmd.args_iter().next() {
+        Some(redis::Arg::Simple(name)) => READS.iter().any(|r| r.eq_ignore_ascii_case(name)),
+        _ => false,
+    }
+}
+
 impl ConnectionLike for Commands {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         Box::pin(async move {
             match self.0.req_packed_command(cmd).await {
-                Err(e) if never_sent(&e) => self.0.req_packed_command(cmd).await,
+                Err(e) if link_closed(&e) && read_only(cmd) => self.0.req_packed_command(cmd).await,
                 answer => answer,
             }
         })
@@ -66,7 +99,7 @@ impl ConnectionLike for Commands {
     ) -> RedisFuture<'a, Vec<Value>> {
         Box::pin(async move {
             match self.0.req_packed_commands(pipeline, offset, count).await {
-                Err(e) if never_sent(&e) => {
+                Err(e) if link_closed(&e) && pipeline.cmd_iter().all(read_only) => {
                     self.0.req_packed_commands(pipeline, offset, count).await
                 }
                 answer => answer,
@@ -84,21 +117,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_closed_link_means_never_sent() {
-        for kind in [io::ErrorKind::BrokenPipe, io::ErrorKind::NotConnected] {
-            assert!(never_sent(&redis::RedisError::from(io::Error::from(kind))));
+    fn only_reads_are_sent_again() {
+        assert!(read_only(&redis::cmd("XINFO")));
+        assert!(read_only(&redis::cmd("hgetall")));
+        for write in ["EVALSHA", "SET", "PUBLISH", "XACK", "HSET"] {
+            assert!(!read_only(&redis::cmd(write)), "{write}");
         }
     }
 
     #[test]
-    fn a_reset_or_timeout_may_have_run_so_is_not_resent() {
+    fn a_closed_link_means_link_closed() {
+        for kind in [io::ErrorKind::BrokenPipe, io::ErrorKind::NotConnected] {
+            assert!(link_closed(&redis::RedisError::from(io::Error::from(kind))));
+        }
+    }
+
+    #[test]
+    fn a_reset_a_timeout_or_a_refusal_is_not_a_closed_link() {
         for kind in [
             io::ErrorKind::ConnectionReset,
             io::ErrorKind::UnexpectedEof,
             io::ErrorKind::TimedOut,
             io::ErrorKind::ConnectionRefused,
         ] {
-            assert!(!never_sent(&redis::RedisError::from(io::Error::from(kind))));
+            assert!(!link_closed(&redis::RedisError::from(io::Error::from(
+                kind
+            ))));
         }
     }
 }
