@@ -476,6 +476,49 @@ async fn without_redis_there_are_no_dead_letters() {
     assert_eq!(info["streams"], json!([]));
 }
 
+/// A batch whose first entry is a duplicate on a channel whose history Redis would refuse to
+/// trim still moves the next channel on: that channel's next publication gets a new offset,
+/// never one already given.
+#[actix_rt::test]
+async fn a_batch_never_gives_an_offset_twice_when_another_channel_is_broken() {
+    let redis = RedisServer::start();
+    let node = spawn_node(&redis, "a", &["--streams", "t14:events"]);
+    let mut conn = redis_conn(&redis);
+    let publish = |body: serde_json::Value| {
+        let node = &node;
+        async move {
+            let (status, answer) = api_post(node, "/api/publish", &body.to_string()).await;
+            assert_eq!(status, 200, "{answer}");
+            answer
+        }
+    };
+    publish(json!({"channel": "x:c", "data": 1, "event_id": "ev-x"})).await;
+    publish(json!({"channel": "y:c", "data": 1})).await;
+    let _: () = redis::cmd("SET")
+        .arg(Keys::new("hub").history("x:c"))
+        .arg("not a list")
+        .query(&mut conn)
+        .expect("SET");
+    let mut dup = entry("x:c", 2);
+    dup.push(("event_id".into(), "ev-x".into()));
+    xadd_many(&mut conn, "t14:events", &[dup, entry("y:c", 2)]);
+    eventually("both entries acknowledged", || {
+        let p = pending(&mut conn, "t14:events");
+        let read: i64 = redis::cmd("XLEN")
+            .arg("t14:events")
+            .query(&mut conn)
+            .unwrap_or(0);
+        async move { p == 0 && read == 2 }
+    })
+    .await;
+    eventually("y:c's entry is in its history", || async {
+        api_get(&node, "/api/history/y:c").await.1["offset"] == 2
+    })
+    .await;
+    let third = publish(json!({"channel": "y:c", "data": 3})).await;
+    assert_eq!(third["offset"], 3, "{third}");
+}
+
 // ---- Passing failures ----
 
 /// A publish that fails for a passing reason leaves the entry pending, and the entries behind

@@ -17,23 +17,26 @@ use redis::Script;
 /// duplicate, or (last) `{-1, error}`.
 const PUBLISH: &str = r#"
 local size, ttl, window = tonumber(ARGV[1]), ARGV[2], ARGV[3]
--- Per channel touched by this batch (by meta key): its epoch and last offset, read once and
--- written back once at the end with the trim and expiry (nothing sees them in between).
-local channels, touched = {}, {}
+-- Per channel of this call (by meta key): its epoch and last offset, read once. The channels
+-- published to are written back once at the end, with trim and expiry (nothing sees them in
+-- between); a channel only answered duplicates is left as it was.
+local channels, published = {}, {}
 local claimed -- the dedup key the step under way has set, taken back if the step fails
-local function publish(meta, history, dedup, topic, fresh, head, tail, deduplicate)
+local function load(meta, history, fresh)
   local ch = channels[meta]
-  if not ch then
-    local state = redis.call('HMGET', meta, 'epoch', 'offset')
-    if state[1] then
-      ch = {epoch = state[1], offset = tonumber(state[2]) or 0, history = history}
-    else
-      redis.call('DEL', history)
-      ch = {epoch = fresh, offset = 0, history = history}
-    end
-    channels[meta] = ch
-    touched[#touched + 1] = meta
+  if ch then return ch end
+  local state = redis.call('HMGET', meta, 'epoch', 'offset')
+  if state[1] then
+    ch = {meta = meta, history = history, epoch = state[1], offset = tonumber(state[2]) or 0}
+  else
+    -- A new life of the channel: whatever history is left of an old one goes (below).
+    ch = {meta = meta, history = history, epoch = fresh, offset = 0, new = true}
   end
+  channels[meta] = ch
+  return ch
+end
+local function publish(meta, history, dedup, topic, fresh, head, tail, deduplicate)
+  local ch = load(meta, history, fresh)
   local offset = ch.offset + 1
   if deduplicate then
     -- One command for the check and the claim: the value is what a repeat is answered.
@@ -43,20 +46,32 @@ local function publish(meta, history, dedup, topic, fresh, head, tail, deduplica
     end
     claimed = dedup
   end
+  if ch.new then
+    redis.call('DEL', history)
+    ch.new = nil
+  end
   local frame = head .. string.format('%d', offset) .. ',"epoch":"' .. ch.epoch .. '",' .. tail
   redis.call('RPUSH', history, frame)
   ch.offset = offset
   claimed = nil
+  if not ch.published then
+    ch.published = true
+    published[#published + 1] = ch
+  end
   redis.call('PUBLISH', topic, frame)
   return {1, offset, ch.epoch}
 end
 local function finish(answers)
-  for _, meta in ipairs(touched) do
-    local ch = channels[meta]
-    redis.call('HSET', meta, 'epoch', ch.epoch, 'offset', ch.offset)
-    redis.call('LTRIM', ch.history, -size, -1)
-    redis.call('EXPIRE', ch.history, ttl)
-    redis.call('EXPIRE', meta, ttl)
+  -- Positions first: a channel's next offset must never be given twice, whatever fails after.
+  for _, ch in ipairs(published) do
+    redis.call('HSET', ch.meta, 'epoch', ch.epoch, 'offset', ch.offset)
+  end
+  for _, ch in ipairs(published) do
+    pcall(function()
+      redis.call('LTRIM', ch.history, -size, -1)
+      redis.call('EXPIRE', ch.history, ttl)
+      redis.call('EXPIRE', ch.meta, ttl)
+    end)
   end
   return answers
 end
