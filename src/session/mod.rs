@@ -577,6 +577,31 @@ impl WsSession {
             }
         };
         let mut recovered = sub.recovered.is_some();
+        if let (None, Some(r), false) = (&asked, &resume, recovered) {
+            if *r.epoch == *sub.position.epoch {
+                // A repeat that asked for nothing, whose gap to the latest offset history no
+                // longer holds all of (more than a history's worth still on its way): answer
+                // from this session's own position, and go on as before the repeat, so that
+                // what is in transit still arrives.
+                let answers = std::iter::once(id).chain(waiters.into_iter().map(|(w, _)| w));
+                for waiter in answers {
+                    let text = ServerFrame::Subscribed {
+                        id: waiter,
+                        channel: &channel,
+                        offset: r.offset,
+                        epoch: &r.epoch,
+                        recovered: false,
+                        publications: &[],
+                    }
+                    .encode();
+                    self.write(ctx, text);
+                }
+                if let Some(resume) = resume {
+                    self.resume(channel, resume, held, ctx);
+                }
+                return;
+            }
+        }
         let mut publications = sub.recovered.unwrap_or_default();
         if let (None, Some(resume)) = (&asked, &resume) {
             // A repeat that asked for nothing: what the engine read from this session's own
