@@ -55,6 +55,9 @@ use crate::metrics::{Metrics, Source, StreamResult};
 
 /// Most entries read, and acknowledged, at once.
 const BATCH: usize = 500;
+/// Most `data` bytes published in one engine call: one script call on Redis holds the server
+/// for as long as it takes, and must answer within the engine's deadline.
+const MAX_CALL_BYTES: usize = 1 << 20;
 /// Longest blocking read; a stop releases it at once.
 const MAX_BLOCK: Duration = Duration::from_secs(1);
 /// How long one non-blocking command, or a connection attempt, may take.
@@ -236,6 +239,9 @@ struct Outcome<'a> {
     /// The first entry whose publish failed for a passing reason, with the error; it and any
     /// others that failed stay pending and are retried, oldest first.
     failed: Option<(&'a str, String)>,
+    /// Entries after a failure were left as read (pending, not tried): read them again from
+    /// the pending list before anything new.
+    unfinished: bool,
 }
 
 /// One stream's reader task.
@@ -445,7 +451,10 @@ impl Reader {
                         retrying = false;
                         retry_backoff.reset();
                     }
-                    if let Some(c) = cursor.as_mut() {
+                    if outcome.unfinished {
+                        cursor = Some("0".to_owned());
+                        prefetched = None;
+                    } else if let Some(c) = cursor.as_mut() {
                         c.clone_from(&last.id);
                     }
                 }
@@ -544,9 +553,11 @@ impl Reader {
             .collect())
     }
 
-    /// Publishes a batch in stream order, all together (one pipeline on the Redis engine).
-    /// Entries after a passing failure are still published: they went out with it. What
-    /// failed stays pending, and the reader retries it alone before reading on.
+    /// Publishes a batch in stream order, in as few engine calls as [`MAX_CALL_BYTES`] allows
+    /// (one script call each on Redis). The first passing failure stops it: that entry and
+    /// everything after it stay pending, and the reader retries the failed one alone before
+    /// reading on. Only an entry whose own publish failed can be dead-lettered, never one
+    /// that was not tried.
     async fn handle<'a>(
         &self,
         batch: &'a [Entry],
@@ -587,8 +598,37 @@ impl Reader {
         if requests.is_empty() {
             return outcome;
         }
-        let answers = self.engine.publish_many(requests).await;
+        let mut answers = Vec::with_capacity(requests.len());
+        let mut call = Vec::new();
+        let mut call_bytes = 0;
+        let mut requests = requests.into_iter().peekable();
+        while let Some(request) = requests.next() {
+            call_bytes += request.data.get().len();
+            call.push(request);
+            let full = requests
+                .peek()
+                .is_some_and(|next| call_bytes + next.data.get().len() > MAX_CALL_BYTES);
+            if full || requests.peek().is_none() {
+                let n = call.len();
+                let got = self.engine.publish_many(std::mem::take(&mut call)).await;
+                let failed = got.len() < n || got.iter().any(Result::is_err);
+                answers.extend(got);
+                call_bytes = 0;
+                if failed {
+                    break;
+                }
+            }
+        }
+        let mut stopped = false;
+        let (sent, answered) = (to_publish.len(), answers.len());
+        // What comes after the first failure was not tried, or is not known to have been: it
+        // stays pending, as it was read.
+        outcome.unfinished = answered < sent;
         for ((entry, channel), answer) in to_publish.into_iter().zip(answers) {
+            if stopped {
+                outcome.unfinished = true;
+                break;
+            }
             match answer {
                 Ok(published) => {
                     // Counted when published, not when acknowledged: if the acknowledgement
@@ -604,18 +644,20 @@ impl Reader {
                     );
                     outcome.acked.push(&entry.id);
                 }
-                Err(e) if delivered(entry) >= max => outcome.dead.push(Dead {
-                    entry,
-                    reason: format!(
-                        "publish failed on each of {} deliveries, last: {e}",
-                        delivered(entry)
-                    ),
-                    deliveries: delivered(entry),
-                }),
+                Err(e) if delivered(entry) >= max => {
+                    outcome.dead.push(Dead {
+                        entry,
+                        reason: format!(
+                            "publish failed on each of {} deliveries, last: {e}",
+                            delivered(entry)
+                        ),
+                        deliveries: delivered(entry),
+                    });
+                    stopped = true;
+                }
                 Err(e) => {
-                    if outcome.failed.is_none() {
-                        outcome.failed = Some((&entry.id, e.to_string()));
-                    }
+                    outcome.failed = Some((&entry.id, e.to_string()));
+                    stopped = true;
                 }
             }
         }

@@ -1007,7 +1007,6 @@ impl WsSession {
     }
 }
 
-/// The offset of an encoded `message` frame (read without parsing the rest of it).
 /// actix-web-actors hands on the end of the connection's input as an I/O error carrying only
 /// the text of actix-http's `PayloadError::Incomplete(None)`.
 fn is_peer_gone(e: &std::io::Error) -> bool {
@@ -1017,6 +1016,7 @@ fn is_peer_gone(e: &std::io::Error) -> bool {
     ENDED.with(|ended| e.to_string() == *ended)
 }
 
+/// The offset of an encoded `message` frame (read without parsing the rest of it).
 fn message_offset(frame: &crate::protocol::Message) -> Option<u64> {
     #[derive(serde::Deserialize)]
     struct OffsetOnly {
