@@ -576,46 +576,45 @@ impl WsSession {
                 )
             }
         };
-        let mut recovered = sub.recovered.is_some();
-        if let (None, Some(r), false) = (&asked, &resume, recovered) {
-            if *r.epoch == *sub.position.epoch {
-                // A repeat that asked for nothing, whose gap to the latest offset history no
-                // longer holds all of (more than a history's worth still on its way): answer
-                // from this session's own position, and go on as before the repeat, so that
-                // what is in transit still arrives.
+        if let (None, Some(mut resume)) = (&asked, resume) {
+            if *resume.epoch == *sub.position.epoch {
+                // A repeat that asked for nothing, in the same life of the channel: what the
+                // engine read after this session's own position goes out as pushes and the
+                // answer gives the latest offset. When history no longer holds all of that gap
+                // (more than a history's worth still on its way), the answer gives this
+                // session's own position instead, so that what is in transit still arrives.
+                // Either way the subscription goes on as before the repeat.
+                if let Some(frames) = sub.recovered {
+                    for frame in frames {
+                        if message_offset(&frame).is_some_and(|o| o > resume.offset) {
+                            self.write(ctx, ByteString::from(frame.get().to_owned()));
+                        }
+                    }
+                    resume = Resume {
+                        epoch: resume.epoch,
+                        offset: sub.position.offset,
+                        catching_up: false,
+                    };
+                }
                 let answers = std::iter::once(id).chain(waiters.into_iter().map(|(w, _)| w));
                 for waiter in answers {
                     let text = ServerFrame::Subscribed {
                         id: waiter,
                         channel: &channel,
-                        offset: r.offset,
-                        epoch: &r.epoch,
+                        offset: resume.offset,
+                        epoch: &resume.epoch,
                         recovered: false,
                         publications: &[],
                     }
                     .encode();
                     self.write(ctx, text);
                 }
-                if let Some(resume) = resume {
-                    self.resume(channel, resume, held, ctx);
-                }
-                return;
+                return self.resume(channel, resume, held, ctx);
             }
         }
-        let mut publications = sub.recovered.unwrap_or_default();
-        if let (None, Some(resume)) = (&asked, &resume) {
-            // A repeat that asked for nothing: what the engine read from this session's own
-            // position goes out as pushes, and the answer is a plain `subscribed`.
-            if *resume.epoch == *sub.position.epoch {
-                for frame in std::mem::take(&mut publications) {
-                    if message_offset(&frame).is_some_and(|o| o > resume.offset) {
-                        self.write(ctx, ByteString::from(frame.get().to_owned()));
-                    }
-                }
-            }
-            publications.clear();
-            recovered = false;
-        }
+        // A repeat in a new life of the channel cannot have recovered anything either.
+        let recovered = sub.recovered.is_some();
+        let publications = sub.recovered.unwrap_or_default();
         let answers = std::iter::once((id, asked.clone())).chain(waiters);
         for (waiter, wanted) in answers {
             // A repeated subscribe that asked to recover from elsewhere cannot share the first
