@@ -37,8 +37,6 @@ use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
-
-use crate::engine::redis::Commands;
 use redis::{AsyncConnectionConfig, RedisResult, Value};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -49,6 +47,7 @@ use entry::{Entry, Verdict};
 use super::backoff::Backoff;
 use crate::auth::unix_millis;
 use crate::config::Config;
+use crate::engine::redis::Commands;
 use crate::engine::redis::Keys;
 use crate::engine::Engine;
 use crate::metrics::{Metrics, Source, StreamResult};
@@ -236,11 +235,11 @@ struct Outcome<'a> {
     acked: Vec<&'a str>,
     /// Dead-letter, then acknowledge.
     dead: Vec<Dead<'a>>,
-    /// The first entry whose publish failed for a passing reason, with the error; it and any
-    /// others that failed stay pending and are retried, oldest first.
+    /// The entry whose publish failed for a passing reason, with the error; it and everything
+    /// after it in the batch stay pending.
     failed: Option<(&'a str, String)>,
-    /// Entries after a failure were left as read (pending, not tried): read them again from
-    /// the pending list before anything new.
+    /// Entries after the first failure were left as read (pending, not tried): read them again
+    /// from the pending list before anything new.
     unfinished: bool,
 }
 
@@ -350,7 +349,7 @@ impl Reader {
         let mut prefetched: Option<Vec<Entry>> = None;
         loop {
             // A batch read ahead is in hand too: finished before stopping, like the one before.
-            if self.stopped() && !prefetched.as_ref().is_some_and(|b| !b.is_empty()) {
+            if self.stopped() && prefetched.is_none() {
                 return Ended::Stopped;
             }
             if Instant::now() >= next_maintenance {
@@ -378,8 +377,8 @@ impl Reader {
                     self.read_pending(&mut link.conn, after, count).await
                 }
                 None => match prefetched.take() {
-                    Some(batch) if !batch.is_empty() => Ok(batch),
-                    _ => self.read_new(&link, period.min(MAX_BLOCK)).await,
+                    Some(batch) => Ok(batch),
+                    None => self.read_new(&link, period.min(MAX_BLOCK)).await,
                 },
             };
             let batch = match batch {
@@ -421,7 +420,8 @@ impl Reader {
                 return Ended::Failed(e);
             }
             match prefetch {
-                Some(Ok(next)) => prefetched = Some(next),
+                Some(Ok(next)) if !next.is_empty() => prefetched = Some(next),
+                Some(Ok(_)) => {}
                 // What it may have read is pending on us, and is read again after a reconnect.
                 Some(Err(e)) => return Ended::Failed(e),
                 None => {}
@@ -567,7 +567,6 @@ impl Reader {
         let delivered = |entry: &Entry| deliveries.get(&entry.id).copied().unwrap_or(1);
         let mut outcome = Outcome::default();
         let mut to_publish = Vec::new();
-        let mut requests = Vec::new();
         for entry in batch {
             let dead = |reason: String| Dead {
                 entry,
@@ -589,76 +588,58 @@ impl Reader {
                     "delivered {} times without being acknowledged",
                     delivered(entry)
                 ))),
-                Verdict::Publish(request) => {
-                    to_publish.push((entry, request.channel.clone()));
-                    requests.push(request);
-                }
+                Verdict::Publish(request) => to_publish.push((entry, request)),
             }
         }
-        if requests.is_empty() {
-            return outcome;
-        }
-        let mut answers = Vec::with_capacity(requests.len());
-        let mut call = Vec::new();
-        let mut call_bytes = 0;
-        let mut requests = requests.into_iter().peekable();
-        while let Some(request) = requests.next() {
-            call_bytes += request.data.get().len();
-            call.push(request);
-            let full = requests
-                .peek()
-                .is_some_and(|next| call_bytes + next.data.get().len() > MAX_CALL_BYTES);
-            if full || requests.peek().is_none() {
-                let n = call.len();
-                let got = self.engine.publish_many(std::mem::take(&mut call)).await;
-                let failed = got.len() < n || got.iter().any(Result::is_err);
-                answers.extend(got);
-                call_bytes = 0;
-                if failed {
+        let mut rest = to_publish.into_iter().peekable();
+        while rest.peek().is_some() {
+            // One call: as many entries as fit in MAX_CALL_BYTES of data (at least one).
+            let mut call = Vec::new();
+            let mut bytes = 0;
+            while let Some((_, next)) = rest.peek() {
+                let len = next.data.get().len();
+                if !call.is_empty() && bytes + len > MAX_CALL_BYTES {
                     break;
                 }
+                bytes += len;
+                call.extend(rest.next());
             }
-        }
-        let mut stopped = false;
-        let (sent, answered) = (to_publish.len(), answers.len());
-        // What comes after the first failure was not tried, or is not known to have been: it
-        // stays pending, as it was read.
-        outcome.unfinished = answered < sent;
-        for ((entry, channel), answer) in to_publish.into_iter().zip(answers) {
-            if stopped {
-                outcome.unfinished = true;
-                break;
-            }
-            match answer {
-                Ok(published) => {
-                    // Counted when published, not when acknowledged: if the acknowledgement
-                    // fails, the re-read finds a duplicate, which is not counted again.
-                    if !published.duplicate {
-                        self.metrics.published(Source::Stream);
+            let (entries, requests): (Vec<&Entry>, Vec<_>) = call.into_iter().unzip();
+            let channels: Vec<String> = requests.iter().map(|r| r.channel.clone()).collect();
+            let mut answers = self.engine.publish_many(requests).await.into_iter();
+            for (entry, channel) in entries.into_iter().zip(channels) {
+                match answers.next() {
+                    Some(Ok(published)) => {
+                        // Counted when published, not when acknowledged: if the
+                        // acknowledgement fails, the re-read finds a duplicate, which is not
+                        // counted again.
+                        if !published.duplicate {
+                            self.metrics.published(Source::Stream);
+                        }
+                        log::debug!(
+                            stream = self.stream.as_str(), entry = entry.id.as_str(),
+                            channel = channel.as_str(), event_id = published.event_id.as_str(),
+                            offset = published.position.offset, duplicate = published.duplicate;
+                            "published by stream"
+                        );
+                        outcome.acked.push(&entry.id);
+                        continue;
                     }
-                    log::debug!(
-                        stream = self.stream.as_str(), entry = entry.id.as_str(),
-                        channel = channel.as_str(), event_id = published.event_id.as_str(),
-                        offset = published.position.offset, duplicate = published.duplicate;
-                        "published by stream"
-                    );
-                    outcome.acked.push(&entry.id);
-                }
-                Err(e) if delivered(entry) >= max => {
-                    outcome.dead.push(Dead {
+                    Some(Err(e)) if delivered(entry) >= max => outcome.dead.push(Dead {
                         entry,
                         reason: format!(
                             "publish failed on each of {} deliveries, last: {e}",
                             delivered(entry)
                         ),
                         deliveries: delivered(entry),
-                    });
-                    stopped = true;
+                    }),
+                    Some(Err(e)) => outcome.failed = Some((&entry.id, e.to_string())),
+                    None => outcome.failed = Some((&entry.id, "no answer".to_owned())),
                 }
-                Err(e) => {
-                    outcome.failed = Some((&entry.id, e.to_string()));
-                    stopped = true;
-                }
+                // The first failure ends the batch: what comes after it was not tried, or is
+                // not known to have been, and stays pending as it was read.
+                outcome.unfinished = true;
+                return outcome;
             }
         }
         outcome
