@@ -33,14 +33,10 @@ impl Commands {
 /// The link under the command had closed (before or after it was written: the crate does not
 /// tell).
 fn link_closed(e: &redis::RedisError) -> bool {
-    // The crate keeps the I/O error behind an `Arc` it exposes only as the error's source.
-    let io = std::error::Error::source(e).and_then(|source| {
-        source.downcast_ref::<io::Error>().or_else(|| {
-            source
-                .downcast_ref::<Arc<dyn std::error::Error + Send + Sync>>()
-                .and_then(|inner| inner.downcast_ref::<io::Error>())
-        })
-    });
+    // The crate keeps the I/O error in an `Arc` that it exposes only as the error's source.
+    let io = std::error::Error::source(e)
+        .and_then(|source| source.downcast_ref::<Arc<dyn std::error::Error + Send + Sync>>())
+        .and_then(|inner| inner.downcast_ref::<io::Error>());
     io.is_some_and(|io| {
         matches!(
             io.kind(),
@@ -126,7 +122,7 @@ mod tests {
     }
 
     #[test]
-    fn a_closed_link_means_link_closed() {
+    fn a_closed_link_is_recognised() {
         for kind in [io::ErrorKind::BrokenPipe, io::ErrorKind::NotConnected] {
             assert!(link_closed(&redis::RedisError::from(io::Error::from(kind))));
         }
