@@ -519,6 +519,78 @@ async fn a_batch_never_gives_an_offset_twice_when_another_channel_is_broken() {
     assert_eq!(third["offset"], 3, "{third}");
 }
 
+/// Consecutive entries of one channel are appended to history together. When that append
+/// fails, none of them is kept, sent or acknowledged, and no offset or dedup claim is used up:
+/// once the cause is gone they arrive once each, in order, with the offsets that follow the
+/// channel's last one.
+#[actix_rt::test]
+async fn a_run_whose_history_append_fails_is_published_whole_once_repaired() {
+    let redis = RedisServer::start();
+    let node = spawn_node(
+        &redis,
+        "a",
+        &["--streams", "t16:events", "--stream-max-deliveries", "100"],
+    );
+    let mut conn = redis_conn(&redis);
+    let mut c = Client::connect(&node, "u").await;
+    c.subscribe("h:c").await;
+    let (status, first) =
+        api_post(&node, "/api/publish", r#"{"channel":"h:c","data":{"n":0}}"#).await;
+    assert_eq!(
+        (status, first["offset"].as_u64()),
+        (200, Some(1)),
+        "{first}"
+    );
+    assert_eq!(numbers(&mut c, 1).await, vec![0]);
+    let history = Keys::new("hub").history("h:c");
+    let _: () = redis::cmd("SET")
+        .arg(&history)
+        .arg("not a list")
+        .query(&mut conn)
+        .expect("SET");
+    let entries: Vec<_> = (1..=3)
+        .map(|n| {
+            let mut e = entry("h:c", n);
+            e.push(("event_id".into(), format!("run-{n}")));
+            e
+        })
+        .collect();
+    xadd_many(&mut conn, "t16:events", &entries);
+    let first_entry = first_id(&mut conn, "t16:events");
+    eventually("the run's first entry is delivered again", || {
+        let d = deliveries(&mut conn, "t16:events", &first_entry);
+        async move { d >= 2 }
+    })
+    .await;
+    c.expect_silence(Duration::from_millis(200)).await;
+    assert_eq!(pending(&mut conn, "t16:events"), 3, "all three wait");
+    for n in 1..=3 {
+        let claim: Option<String> = redis::cmd("GET")
+            .arg(Keys::new("hub").dedup("h:c", &format!("run-{n}")))
+            .query(&mut conn)
+            .expect("GET");
+        assert_eq!(claim, None, "the dedup claim of run-{n} was taken back");
+    }
+
+    let _: () = redis::cmd("DEL")
+        .arg(&history)
+        .query(&mut conn)
+        .expect("DEL");
+    let mut offsets = Vec::new();
+    for n in 1..=3 {
+        let m = c.next_of("message").await;
+        assert_eq!(m["data"]["n"], n, "{m}");
+        offsets.push(m["offset"].as_u64().expect("offset"));
+    }
+    assert_eq!(offsets, vec![2, 3, 4]);
+    c.expect_silence(Duration::from_millis(300)).await;
+    eventually("all three acknowledged", || {
+        let p = pending(&mut conn, "t16:events");
+        async move { p == 0 }
+    })
+    .await;
+}
+
 // ---- Passing failures ----
 
 /// A publish that fails for a passing reason leaves the entry pending, and the entries behind

@@ -26,7 +26,7 @@ use crate::engine::redis::{Health, Keys};
 use crate::engine::{EngineError, ENGINE_DEADLINE};
 use crate::hub::{self, Deliver, Hub, Resync, Unwatch, Watch};
 use crate::metrics::Metrics;
-use crate::protocol::node::{NodeMessage, Routing};
+use crate::protocol::node::{self, NodeMessage, Routing};
 use crate::protocol::Close;
 
 /// How long a connection attempt, or the SUBSCRIBE that follows it, may take.
@@ -197,7 +197,19 @@ impl RedisBridge {
         ctx.run_later(wait, |bridge, ctx| bridge.connect(ctx));
     }
 
+    /// A message on a channel's topic: one frame or a bundle of them, routed in order.
     fn on_channel(&self, payload: &[u8]) {
+        for frame in node::frames(payload) {
+            match frame {
+                Ok(frame) => self.on_frame(frame),
+                Err(node::MalformedBundle) => {
+                    return log::warn!("a malformed bundle of frames arrived on a channel topic")
+                }
+            }
+        }
+    }
+
+    fn on_frame(&self, payload: &[u8]) {
         let Ok(text) = std::str::from_utf8(payload) else {
             return log::warn!("a non-UTF-8 frame arrived on a channel topic");
         };

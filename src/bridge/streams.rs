@@ -49,7 +49,7 @@ use crate::auth::unix_millis;
 use crate::config::Config;
 use crate::engine::redis::Commands;
 use crate::engine::redis::Keys;
-use crate::engine::Engine;
+use crate::engine::{Engine, StreamAck};
 use crate::metrics::{Metrics, Source, StreamResult};
 
 /// Most entries read, and acknowledged, at once.
@@ -233,6 +233,8 @@ struct Dead<'a> {
 struct Outcome<'a> {
     /// Published (or already published, or gone): acknowledge.
     acked: Vec<&'a str>,
+    /// Published and acknowledged in the same step by the engine: nothing left to do.
+    acknowledged: u64,
     /// Dead-letter, then acknowledge.
     dead: Vec<Dead<'a>>,
     /// The entry whose publish failed for a passing reason, with the error; it and everything
@@ -606,7 +608,13 @@ impl Reader {
             }
             let (entries, requests): (Vec<&Entry>, Vec<_>) = call.into_iter().unzip();
             let channels: Vec<String> = requests.iter().map(|r| r.channel.clone()).collect();
-            let mut answers = self.engine.publish_many(requests).await.into_iter();
+            let ack = StreamAck {
+                stream: &self.stream,
+                group: &self.settings.group,
+                ids: entries.iter().map(|e| e.id.as_str()).collect(),
+            };
+            let (answers, acknowledged) = self.engine.publish_acked(requests, ack).await;
+            let mut answers = answers.into_iter();
             for (entry, channel) in entries.into_iter().zip(channels) {
                 match answers.next() {
                     Some(Ok(published)) => {
@@ -622,7 +630,11 @@ impl Reader {
                             offset = published.position.offset, duplicate = published.duplicate;
                             "published by stream"
                         );
-                        outcome.acked.push(&entry.id);
+                        if acknowledged {
+                            outcome.acknowledged += 1;
+                        } else {
+                            outcome.acked.push(&entry.id);
+                        }
                         continue;
                     }
                     Some(Err(e)) if delivered(entry) >= max => outcome.dead.push(Dead {
@@ -651,6 +663,9 @@ impl Reader {
         conn: &mut MultiplexedConnection,
         outcome: &Outcome<'_>,
     ) -> RedisResult<()> {
+        // Acknowledged with their publication: counted whatever happens to the rest.
+        self.metrics
+            .stream_entries(&self.stream, StreamResult::Acked, outcome.acknowledged);
         if outcome.acked.is_empty() && outcome.dead.is_empty() {
             return Ok(());
         }

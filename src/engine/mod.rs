@@ -81,6 +81,15 @@ impl PublishRequest {
     }
 }
 
+/// Stream entries to acknowledge together with their publication (see
+/// [`Engine::publish_acked`]): `ids[i]` is the entry of the `i`-th request.
+#[derive(Debug)]
+pub struct StreamAck<'a> {
+    pub stream: &'a str,
+    pub group: &'a str,
+    pub ids: Vec<&'a str>,
+}
+
 /// Where a publication landed. For a duplicate `event_id`, the original's position.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Published {
@@ -125,6 +134,19 @@ pub trait Engine: Send + Sync + 'static {
     /// ends the batch: the ones after it are not tried (they answer `unavailable`), so nothing
     /// overtakes it. The Redis engine sends the whole batch in one script call.
     async fn publish_many(&self, reqs: Vec<PublishRequest>) -> Vec<Result<Published, EngineError>>;
+
+    /// Publishes stream entries as [`Engine::publish_many`] does and, where the engine can,
+    /// acknowledges in the same step each entry answered as published (or as a duplicate):
+    /// then no entry is published and left pending or the other way round, and a lost answer
+    /// cannot have an entry published twice. The second value says whether that was done;
+    /// when `false` the caller acknowledges them itself.
+    async fn publish_acked(
+        &self,
+        reqs: Vec<PublishRequest>,
+        _ack: StreamAck<'_>,
+    ) -> (Vec<Result<Published, EngineError>>, bool) {
+        (self.publish_many(reqs).await, false)
+    }
 
     /// The channel's current position, read after the caller registered with its Hub, and the
     /// recovery gap from `recover` when history still holds all of it.
@@ -224,6 +246,25 @@ impl<E: Engine> Engine for Deadline<E> {
             Err(_) => all_failed(
                 n,
                 &EngineError::Unavailable("no answer within the deadline".into()),
+            ),
+        }
+    }
+    async fn publish_acked(
+        &self,
+        reqs: Vec<PublishRequest>,
+        ack: StreamAck<'_>,
+    ) -> (Vec<Result<Published, EngineError>>, bool) {
+        let n = reqs.len();
+        match tokio::time::timeout(ENGINE_DEADLINE, self.0.publish_acked(reqs, ack)).await {
+            Ok(answers) => answers,
+            // As for `publish_many`; what did go through was acknowledged with it, so it is
+            // not read again.
+            Err(_) => (
+                all_failed(
+                    n,
+                    &EngineError::Unavailable("no answer within the deadline".into()),
+                ),
+                false,
             ),
         }
     }

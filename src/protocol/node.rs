@@ -27,9 +27,92 @@ pub struct Routing<'a> {
     pub ts: Option<u64>,
 }
 
+/// The frames of one message on a channel's topic: a single frame (it starts with `{`), or a
+/// bundle of one channel's consecutive frames published together, each preceded by its length
+/// in bytes and a colon (`57:{…}61:{…}`). The publish script sends a run of a channel's
+/// messages as one bundle, so a burst costs Redis one `PUBLISH` instead of one per message;
+/// a length prefix rather than a separator, because a frame's `data` is the publisher's JSON
+/// verbatim and may contain any byte sequence JSON allows.
+pub fn frames(payload: &[u8]) -> Frames<'_> {
+    Frames { rest: payload }
+}
+
+/// The iterator of [`frames`]. Yields `Err` once, and then nothing, where a bundle is malformed.
+pub struct Frames<'a> {
+    rest: &'a [u8],
+}
+
+/// A bundle whose length prefix is missing, unreadable or longer than what is left.
+#[derive(Debug, PartialEq, Eq)]
+pub struct MalformedBundle;
+
+impl<'a> Iterator for Frames<'a> {
+    type Item = Result<&'a [u8], MalformedBundle>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let rest = std::mem::take(&mut self.rest);
+        match rest.first()? {
+            b'{' => Some(Ok(rest)),
+            _ => {
+                let colon = rest.iter().position(|&b| b == b':');
+                let len = colon
+                    .and_then(|at| std::str::from_utf8(&rest[..at]).ok())
+                    .and_then(|digits| digits.parse::<usize>().ok());
+                let (Some(at), Some(len)) = (colon, len) else {
+                    return Some(Err(MalformedBundle));
+                };
+                let body = &rest[at + 1..];
+                if len == 0 || len > body.len() {
+                    return Some(Err(MalformedBundle));
+                }
+                let (frame, after) = body.split_at(len);
+                self.rest = after;
+                Some(Ok(frame))
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_single_frame_is_one_frame() {
+        let got: Vec<_> = frames(br#"{"type":"message","x":"3:{"}"#).collect();
+        assert_eq!(got, vec![Ok(&br#"{"type":"message","x":"3:{"}"#[..])]);
+    }
+
+    #[test]
+    fn a_bundle_splits_into_its_frames_in_order() {
+        let got: Vec<_> = frames(b"7:{\"a\":1}12:{\"b\":\"5:{}\"}").collect();
+        assert_eq!(
+            got,
+            vec![Ok(&b"{\"a\":1}"[..]), Ok(&b"{\"b\":\"5:{}\"}"[..])]
+        );
+    }
+
+    #[test]
+    fn a_malformed_bundle_yields_its_good_frames_then_one_error() {
+        for bad in [
+            &b"7:{\"a\":1}x:{}"[..],
+            b"7:{\"a\":1}99:{}",
+            b"7:{\"a\":1}5",
+            b"7:{\"a\":1}0:",
+        ] {
+            let got: Vec<_> = frames(bad).collect();
+            assert_eq!(
+                got,
+                vec![Ok(&b"{\"a\":1}"[..]), Err(MalformedBundle)],
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_empty_message_has_no_frames() {
+        assert_eq!(frames(b"").count(), 0);
+    }
 
     #[test]
     fn control_messages_round_trip() {

@@ -37,7 +37,9 @@ pub use commands::Commands;
 pub use keys::Keys;
 use scripts::Scripts;
 
-use super::{Engine, EngineError, HistoryPage, NodeInfo, PublishRequest, Published, Subscribed};
+use super::{
+    Engine, EngineError, HistoryPage, NodeInfo, PublishRequest, Published, StreamAck, Subscribed,
+};
 use crate::auth::unix_millis;
 use crate::config::{random_token, Config};
 use crate::protocol::node::NodeMessage;
@@ -325,31 +327,47 @@ fn position(items: &[Value]) -> Result<Position, EngineError> {
     }
 }
 
-/// What the publish script answered: `{1, offset, epoch}`, or `{0, "offset:epoch"}` for a
-/// duplicate.
-fn published(answer: &[Value], event_id: String) -> Result<Published, EngineError> {
-    match answer.first().and_then(int) {
-        Some(1) => Ok(Published {
-            position: position(&answer[1..])?,
+/// One message's answer from the publish script, with the epoch of its channel (if the script
+/// reached the channel): its offset, or `"offset:epoch"` for a duplicate.
+fn published(
+    answer: &Value,
+    epoch: Option<&Value>,
+    event_id: String,
+) -> Result<Published, EngineError> {
+    if let Some(offset) = int(answer) {
+        let epoch = epoch
+            .and_then(text)
+            .ok_or_else(|| EngineError::Internal("publish answer without an epoch".into()))?;
+        return Ok(Published {
+            position: Position {
+                offset: u64::try_from(offset).unwrap_or(0),
+                epoch,
+            },
             event_id,
             duplicate: false,
-        }),
-        Some(0) => {
-            let seen = answer.get(1).and_then(text).unwrap_or_default();
-            let (offset, epoch) = seen
-                .split_once(':')
-                .ok_or_else(|| EngineError::Internal("malformed dedup entry".into()))?;
-            Ok(Published {
-                position: Position {
-                    offset: offset.parse().unwrap_or(0),
-                    epoch: epoch.to_owned(),
-                },
-                event_id,
-                duplicate: true,
-            })
-        }
-        _ => Err(EngineError::Internal("unexpected publish answer".into())),
+        });
     }
+    let seen = text(answer).unwrap_or_default();
+    let (offset, epoch) = seen
+        .split_once(':')
+        .ok_or_else(|| EngineError::Internal("unexpected publish answer".into()))?;
+    Ok(Published {
+        position: Position {
+            offset: offset.parse().unwrap_or(0),
+            epoch: epoch.to_owned(),
+        },
+        event_id,
+        duplicate: true,
+    })
+}
+
+/// A publish script's failure answer, `{-1, error}`: the error's text.
+fn failed_step(answer: &Value) -> Option<String> {
+    let Value::Array(parts) = answer else {
+        return None;
+    };
+    (parts.first().and_then(int) == Some(-1))
+        .then(|| parts.get(1).and_then(text).unwrap_or_default())
 }
 
 impl RedisEngine {
@@ -454,31 +472,85 @@ impl RedisEngine {
         }
     }
 
-    /// Adds `req`'s keys and arguments to a publish script's invocation; answers the
-    /// publication's event id (the request's, or a new one).
-    fn add_publication(
+    /// One call of the publish script for `reqs`, acknowledging them in `ack`'s group when
+    /// given; the second value says whether they were acknowledged.
+    async fn publish_call(
         &self,
-        invocation: &mut redis::ScriptInvocation<'_>,
-        req: &PublishRequest,
-    ) -> String {
-        let event_id = req.event_id_or_new();
-        let template = req.template(&event_id, unix_millis());
-        let dedup = req.event_id.is_some();
-        let dedup_key = if dedup {
-            self.keys.dedup(&req.channel, &event_id)
-        } else {
-            self.keys.history(&req.channel)
-        };
+        reqs: Vec<PublishRequest>,
+        ack: Option<StreamAck<'_>>,
+    ) -> (Vec<Result<Published, EngineError>>, bool) {
+        // The script takes each channel's keys, topic and frame head once, numbered in order of
+        // first appearance, and per message only the channel's number, the frame's tail and
+        // the entry id.
+        let now = unix_millis();
+        let mut numbers: HashMap<&str, usize> = HashMap::new();
+        let mut channels = Vec::new();
+        let mut messages = Vec::with_capacity(reqs.len());
+        for req in &reqs {
+            let event_id = req.event_id_or_new();
+            let template = req.template(&event_id, now);
+            let next = numbers.len() + 1;
+            let number = *numbers.entry(req.channel.as_str()).or_insert_with(|| {
+                channels.push((req.channel.as_str(), template.head));
+                next
+            });
+            messages.push((number, template.tail, event_id, req.event_id.is_some()));
+        }
+        let mut invocation = self.scripts.publish.prepare_invoke();
         invocation
-            .key(self.keys.meta(&req.channel))
-            .key(self.keys.history(&req.channel))
-            .key(dedup_key)
-            .arg(self.keys.topic(&req.channel))
-            .arg(random_token(8))
-            .arg(&template.head)
-            .arg(&template.tail)
-            .arg(if dedup { "1" } else { "0" });
-        event_id
+            .arg(self.settings.history_size)
+            .arg(self.ttl_s())
+            .arg(self.settings.dedup_window.as_secs().max(1))
+            .arg(channels.len())
+            .arg(ack.as_ref().map_or("", |a| a.group));
+        for (channel, head) in &channels {
+            invocation
+                .key(self.keys.meta(channel))
+                .key(self.keys.history(channel))
+                .arg(self.keys.topic(channel))
+                .arg(random_token(8))
+                .arg(head);
+        }
+        for (i, (req, (number, tail, event_id, dedup))) in reqs.iter().zip(&messages).enumerate() {
+            let number = i64::try_from(*number).unwrap_or(i64::MAX);
+            if *dedup {
+                invocation.key(self.keys.dedup(&req.channel, event_id));
+            }
+            let id = ack.as_ref().and_then(|a| a.ids.get(i).copied());
+            invocation
+                .arg(if *dedup { -number } else { number })
+                .arg(tail)
+                .arg(id.unwrap_or(""));
+        }
+        if let Some(ack) = &ack {
+            invocation.key(ack.stream);
+        }
+        let mut conn = self.conn();
+        let reply: (Vec<Value>, Vec<Value>, i64) = match self
+            .answered(invocation.invoke_async(&mut conn).await)
+            .await
+        {
+            Ok(reply) => reply,
+            Err(e) => return (super::all_failed(messages.len(), &e), false),
+        };
+        let (epochs, answers, acknowledged) = reply;
+        let mut answers = answers.into_iter();
+        let mut out = Vec::with_capacity(messages.len());
+        let mut failed = false;
+        for (number, _, event_id, _) in messages {
+            out.push(match answers.next() {
+                Some(answer) => match failed_step(&answer) {
+                    Some(error) => {
+                        failed = true;
+                        Err(self.refused(error))
+                    }
+                    None => published(&answer, epochs.get(number - 1), event_id),
+                },
+                None if failed => Err(super::not_tried()),
+                None => Err(EngineError::Internal("missing publish answer".into())),
+            });
+        }
+        (out, acknowledged == 1)
     }
 
     fn ttl_s(&self) -> u64 {
@@ -654,39 +726,15 @@ impl Engine for RedisEngine {
     }
 
     async fn publish_many(&self, reqs: Vec<PublishRequest>) -> Vec<Result<Published, EngineError>> {
-        let mut invocation = self.scripts.publish.prepare_invoke();
-        invocation
-            .arg(self.settings.history_size)
-            .arg(self.ttl_s())
-            .arg(self.settings.dedup_window.as_secs().max(1));
-        let event_ids: Vec<String> = reqs
-            .iter()
-            .map(|req| self.add_publication(&mut invocation, req))
-            .collect();
-        let mut conn = self.conn();
-        let answers: Vec<Vec<Value>> = match self
-            .answered(invocation.invoke_async(&mut conn).await)
-            .await
-        {
-            Ok(answers) => answers,
-            Err(e) => return super::all_failed(event_ids.len(), &e),
-        };
-        let mut answers = answers.into_iter();
-        let mut out = Vec::with_capacity(event_ids.len());
-        let mut failed = false;
-        for event_id in event_ids {
-            out.push(match answers.next() {
-                Some(answer) if answer.first().and_then(int) == Some(-1) => {
-                    failed = true;
-                    let error = answer.get(1).and_then(text).unwrap_or_default();
-                    Err(self.refused(error))
-                }
-                Some(answer) => published(&answer, event_id),
-                None if failed => Err(super::not_tried()),
-                None => Err(EngineError::Internal("missing publish answer".into())),
-            });
-        }
-        out
+        self.publish_call(reqs, None).await.0
+    }
+
+    async fn publish_acked(
+        &self,
+        reqs: Vec<PublishRequest>,
+        ack: StreamAck<'_>,
+    ) -> (Vec<Result<Published, EngineError>>, bool) {
+        self.publish_call(reqs, Some(ack)).await
     }
 
     async fn subscribe(

@@ -5,63 +5,134 @@
 use redis::Script;
 
 /// Publishes one or more messages in order, each as one step: dedup check and claim (one
-/// `SET NX`), next offset, history append, then PUBLISH of the finished frame; each channel's
-/// position, trim and expiry are read and written once per call. Atomic, so every node sees a
-/// channel's offsets in order; a batch (a stream's entries) costs one round trip. A step that
-/// fails ends the batch: the ones after it are not tried, so nothing overtakes it.
+/// `SET NX`), next offset, finished frame. Consecutive messages of one channel (a run, at most
+/// `RUN` of them) are appended to history with one `RPUSH` and sent with one `PUBLISH`, as a
+/// bundle when there are several (see `protocol::node::frames`); each channel's position, trim
+/// and expiry are read and written once per call. Atomic, so every node sees a channel's
+/// offsets in order; a batch (a stream's entries) costs one round trip. A step that fails ends
+/// the batch: the ones after it are not tried, so nothing overtakes it. A run whose append
+/// fails answers the failure at its first message, and takes back its dedup claims and
+/// offsets: nothing of it was kept or sent.
 ///
-/// KEYS, per message: meta, history, dedup key (the history key again when there is no event
-/// id). ARGV: history size, history TTL (s), dedup window (s), then per message: topic, epoch
-/// to start with, frame head, frame tail, `1` when deduplicating.
-/// Returns one answer per message tried: `{1, offset, epoch}`, `{0, "offset:epoch"}` for a
-/// duplicate, or (last) `{-1, error}`.
+/// With a consumer group given, the messages are a stream's entries: each one answered as
+/// published or as a duplicate is acknowledged (`XACK`) in the same step.
+///
+/// What is the same for a channel's messages is passed once per channel, so a message costs
+/// three arguments (four keys and arguments with an event id), which is most of what a burst
+/// costs Redis.
+/// KEYS: per channel, meta and history; then the dedup key of each message that has an event
+/// id, in message order; then, with a group, the stream. ARGV: history size, history TTL (s),
+/// dedup window (s), channel count, consumer group ('' for none), then per channel: topic,
+/// epoch to start with, frame head; then per message: its channel's number (from 1; negative
+/// when deduplicating, with the next dedup key), its frame tail and its entry id ('' for
+/// none).
+/// Returns `{epochs, answers, acknowledged}`: the epoch of each channel reached, in channel
+/// order; one answer per message tried: its offset, `"offset:epoch"` for a duplicate, or
+/// (last) `{-1, error}`; and `1` when the answered entries were acknowledged.
 const PUBLISH: &str = r#"
 local size, ttl, window = tonumber(ARGV[1]), ARGV[2], ARGV[3]
--- Per channel of this call (by meta key): its epoch and last offset, read once. The channels
--- published to are written back once at the end, with trim and expiry (nothing sees them in
--- between); a channel only answered duplicates is left as it was.
-local channels, published = {}, {}
+local count, group = tonumber(ARGV[4]), ARGV[5]
+local RUN = 256
+-- Per channel of this call (by number): its keys, head, epoch and last offset, read once.
+-- The channels published to are written back once at the end, with trim and expiry (nothing
+-- sees them in between); a channel only answered duplicates is left as it was.
+local channels, published, epochs, answers = {}, {}, {}, {}
+-- The run being gathered: consecutive new messages of one channel, with the dedup keys they
+-- claimed, the channel's offset before them and the index of the first one's answer.
+local run = {frames = {}, claims = {}}
 local claimed -- the dedup key the step under way has set, taken back if the step fails
-local function load(meta, history, fresh)
-  local ch = channels[meta]
+local first_message, dedups = 6 + 3 * count, 2 * count
+local function reason(err)
+  return type(err) == 'table' and err.err or tostring(err)
+end
+local function load(c)
+  local ch = channels[c]
   if ch then return ch end
+  local meta, history, a = KEYS[2 * c - 1], KEYS[2 * c], 3 + 3 * c
+  ch = {meta = meta, history = history, topic = ARGV[a], head = ARGV[a + 2]}
   local state = redis.call('HMGET', meta, 'epoch', 'offset')
   if state[1] then
-    ch = {meta = meta, history = history, epoch = state[1], offset = tonumber(state[2]) or 0}
+    ch.epoch, ch.offset = state[1], tonumber(state[2]) or 0
   else
     -- A new life of the channel: whatever history is left of an old one goes (below).
-    ch = {meta = meta, history = history, epoch = fresh, offset = 0, new = true}
+    ch.epoch, ch.offset, ch.new = ARGV[a + 1], 0, true
   end
-  channels[meta] = ch
+  channels[c] = ch
+  epochs[c] = ch.epoch
   return ch
 end
-local function publish(meta, history, dedup, topic, fresh, head, tail, deduplicate)
-  local ch = load(meta, history, fresh)
-  local offset = ch.offset + 1
-  if deduplicate then
-    -- One command for the check and the claim: the value is what a repeat is answered.
-    local position = string.format('%d', offset) .. ':' .. ch.epoch
-    if not redis.call('SET', dedup, position, 'NX', 'EX', window) then
-      return {0, redis.call('GET', dedup)}
+-- Ends the call's answers with a failure at answer `at` (dropping any after it).
+local function fail_at(at, err)
+  for i = #answers, at, -1 do answers[i] = nil end
+  answers[at] = {-1, reason(err)}
+end
+-- Appends and sends the run; false when it failed (the answers then end with the failure).
+local function flush()
+  local ch, frames, first = run.ch, run.frames, run.first
+  if not ch or #frames == 0 then return true end
+  local claims, base = run.claims, run.base
+  run = {frames = {}, claims = {}}
+  local appended, err = pcall(function()
+    if ch.new then
+      redis.call('DEL', ch.history)
+      ch.new = nil
     end
-    claimed = dedup
+    redis.call('RPUSH', ch.history, unpack(frames))
+  end)
+  if not appended then
+    for _, key in ipairs(claims) do redis.call('DEL', key) end
+    ch.offset = base
+    fail_at(first, err)
+    return false
   end
-  if ch.new then
-    redis.call('DEL', history)
-    ch.new = nil
-  end
-  local frame = head .. string.format('%d', offset) .. ',"epoch":"' .. ch.epoch .. '",' .. tail
-  redis.call('RPUSH', history, frame)
-  ch.offset = offset
-  claimed = nil
   if not ch.published then
     ch.published = true
     published[#published + 1] = ch
   end
-  redis.call('PUBLISH', topic, frame)
-  return {1, offset, ch.epoch}
+  local payload = frames[1]
+  if #frames > 1 then
+    local parts = {}
+    for i, frame in ipairs(frames) do
+      parts[2 * i - 1] = string.format('%d:', #frame)
+      parts[2 * i] = frame
+    end
+    payload = table.concat(parts)
+  end
+  local sent, perr = pcall(redis.call, 'PUBLISH', ch.topic, payload)
+  if not sent then
+    -- Kept in history with its offsets and claims: a retry is answered as a duplicate.
+    fail_at(first, perr)
+    return false
+  end
+  return true
 end
-local function finish(answers)
+local function publish(c, tail, dedup)
+  if run.ch and (run.c ~= c or #run.frames >= RUN) then
+    if not flush() then return false end
+  end
+  local ch = load(c)
+  local offset = ch.offset + 1
+  if dedup then
+    -- One command for the check and the claim: the value is what a repeat is answered.
+    local position = string.format('%d', offset) .. ':' .. ch.epoch
+    if not redis.call('SET', dedup, position, 'NX', 'EX', window) then
+      answers[#answers + 1] = redis.call('GET', dedup)
+      return true
+    end
+    claimed = dedup
+  end
+  local frame = ch.head .. string.format('%d', offset) .. ',"epoch":"' .. ch.epoch .. '",' .. tail
+  if #run.frames == 0 then
+    run.ch, run.c, run.base, run.first = ch, c, ch.offset, #answers + 1
+  end
+  run.frames[#run.frames + 1] = frame
+  if claimed then run.claims[#run.claims + 1] = claimed end
+  claimed = nil
+  ch.offset = offset
+  answers[#answers + 1] = offset
+  return true
+end
+local function finish()
   -- Positions first: a channel's next offset must never be given twice, whatever fails after.
   for _, ch in ipairs(published) do
     redis.call('HSET', ch.meta, 'epoch', ch.epoch, 'offset', ch.offset)
@@ -73,21 +144,38 @@ local function finish(answers)
       redis.call('EXPIRE', ch.meta, ttl)
     end)
   end
-  return answers
-end
-local answers = {}
-for i = 0, #KEYS / 3 - 1 do
-  local k, a = 3 * i, 4 + 5 * i
-  local ok, answer = pcall(publish, KEYS[k + 1], KEYS[k + 2], KEYS[k + 3],
-    ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4] == '1')
-  if not ok then
-    if claimed then redis.call('DEL', claimed) end
-    answers[#answers + 1] = {-1, type(answer) == 'table' and answer.err or tostring(answer)}
-    return finish(answers)
+  -- Every entry answered, but a failure, is published (or was before): acknowledge them.
+  local acknowledged = 0
+  local settled = #answers
+  if settled > 0 and type(answers[settled]) == 'table' then settled = settled - 1 end
+  if group ~= '' and settled > 0 then
+    local ids = {}
+    for i = 1, settled do ids[i] = ARGV[first_message + 3 * i - 1] end
+    if pcall(redis.call, 'XACK', KEYS[#KEYS], group, unpack(ids)) then acknowledged = 1 end
   end
-  answers[#answers + 1] = answer
+  return {epochs, answers, acknowledged}
 end
-return finish(answers)
+local ok, went_on = pcall(function()
+  for a = first_message, #ARGV - 2, 3 do
+    local c, dedup = tonumber(ARGV[a]), nil
+    if c < 0 then
+      c, dedups = -c, dedups + 1
+      dedup = KEYS[dedups]
+    end
+    if not publish(c, ARGV[a + 1], dedup) then return false end
+  end
+  return true
+end)
+if not ok then
+  -- The step under way failed: what came before it still goes out, then its failure ends
+  -- the call.
+  if claimed then redis.call('DEL', claimed) end
+  local failed = #answers + 1
+  if flush() then fail_at(failed, went_on) end
+elseif went_on then
+  flush()
+end
+return finish()
 "#;
 
 /// The channel's position, starting an epoch if it has none, and the publications after a
