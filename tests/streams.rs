@@ -163,6 +163,28 @@ fn entry(channel: &str, n: u64) -> Vec<(String, String)> {
     ]
 }
 
+/// Entries `1..=n` of `channel`, each with the event id `<prefix>-<number>`.
+fn entries_with_ids(channel: &str, prefix: &str, n: u64) -> Vec<Vec<(String, String)>> {
+    (1..=n)
+        .map(|k| {
+            let mut e = entry(channel, k);
+            e.push(("event_id".into(), format!("{prefix}-{k}")));
+            e
+        })
+        .collect()
+}
+
+/// Waits until the stream's first entry has been delivered again: its publish failed and is
+/// being retried.
+async fn first_entry_retried(conn: &mut redis::Connection, stream: &str) {
+    let first = first_id(conn, stream);
+    eventually("the first entry is delivered again", || {
+        let d = deliveries(conn, stream, &first);
+        async move { d >= 2 }
+    })
+    .await;
+}
+
 /// Appends many entries in one transaction: a blocked reader sees all of them at once.
 fn xadd_many(conn: &mut redis::Connection, stream: &str, entries: &[Vec<(String, String)>]) {
     let mut pipe = redis::pipe();
@@ -548,20 +570,8 @@ async fn a_run_whose_history_append_fails_is_published_whole_once_repaired() {
         .arg("not a list")
         .query(&mut conn)
         .expect("SET");
-    let entries: Vec<_> = (1..=3)
-        .map(|n| {
-            let mut e = entry("h:c", n);
-            e.push(("event_id".into(), format!("run-{n}")));
-            e
-        })
-        .collect();
-    xadd_many(&mut conn, "t16:events", &entries);
-    let first_entry = first_id(&mut conn, "t16:events");
-    eventually("the run's first entry is delivered again", || {
-        let d = deliveries(&mut conn, "t16:events", &first_entry);
-        async move { d >= 2 }
-    })
-    .await;
+    xadd_many(&mut conn, "t16:events", &entries_with_ids("h:c", "run", 3));
+    first_entry_retried(&mut conn, "t16:events").await;
     c.expect_silence(Duration::from_millis(200)).await;
     assert_eq!(pending(&mut conn, "t16:events"), 3, "all three wait");
     for n in 1..=3 {
@@ -608,20 +618,8 @@ async fn a_passing_failure_is_retried_until_it_succeeds_and_keeps_the_order() {
     let mut c = Client::connect(&node, "u").await;
     c.subscribe("r:c").await;
     break_publish(&mut conn, "r:c", "ev-1");
-    let entries: Vec<_> = (1..=2)
-        .map(|n| {
-            let mut e = entry("r:c", n);
-            e.push(("event_id".into(), format!("ev-{n}")));
-            e
-        })
-        .collect();
-    xadd_many(&mut conn, "t4:events", &entries);
-    let first = first_id(&mut conn, "t4:events");
-    eventually("the failing entry is delivered again", || {
-        let d = deliveries(&mut conn, "t4:events", &first);
-        async move { d >= 2 }
-    })
-    .await;
+    xadd_many(&mut conn, "t4:events", &entries_with_ids("r:c", "ev", 2));
+    first_entry_retried(&mut conn, "t4:events").await;
     c.expect_silence(Duration::from_millis(200)).await;
     assert_eq!(pending(&mut conn, "t4:events"), 2, "both entries wait");
 
@@ -1170,14 +1168,7 @@ async fn entries_of_a_node_killed_with_sigkill_are_claimed_by_another_and_delive
     // The first entry cannot be published until repaired, so the doomed node keeps all twenty
     // pending (the others wait behind it).
     break_publish(&mut conn, "k:c", "ev-1");
-    let entries: Vec<Vec<(String, String)>> = (1..=20)
-        .map(|n| {
-            let mut e = entry("k:c", n);
-            e.push(("event_id".into(), format!("ev-{n}")));
-            e
-        })
-        .collect();
-    xadd_many(&mut conn, stream, &entries);
+    xadd_many(&mut conn, stream, &entries_with_ids("k:c", "ev", 20));
     let mut doomed = HubProcess::start(
         &redis,
         "doomed",
