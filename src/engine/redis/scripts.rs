@@ -80,9 +80,10 @@ local function flush()
     redis.call('RPUSH', ch.history, unpack(frames))
   end)
   if not appended then
-    for _, key in ipairs(claims) do redis.call('DEL', key) end
-    ch.offset = base
+    -- The answers first: whatever else fails, none of the run is taken for published.
     fail_at(first, err)
+    ch.offset = base
+    for _, key in ipairs(claims) do pcall(redis.call, 'DEL', key) end
     return false
   end
   if not ch.published then
@@ -169,7 +170,7 @@ end)
 if not ok then
   -- The step under way failed: what came before it still goes out, then its failure ends
   -- the call.
-  if claimed then redis.call('DEL', claimed) end
+  if claimed then pcall(redis.call, 'DEL', claimed) end
   local failed = #answers + 1
   if flush() then fail_at(failed, went_on) end
 elseif went_on then
