@@ -174,6 +174,15 @@ fn entries_with_ids(channel: &str, prefix: &str, n: u64) -> Vec<Vec<(String, Str
         .collect()
 }
 
+/// Waits until exactly `n` of the stream's entries are pending.
+async fn until_pending(conn: &mut redis::Connection, stream: &str, n: u64, what: &str) {
+    eventually(what, || {
+        let p = pending(conn, stream);
+        async move { p == n }
+    })
+    .await;
+}
+
 /// Waits until the stream's first entry has been delivered again: its publish failed and is
 /// being retried.
 async fn first_entry_retried(conn: &mut redis::Connection, stream: &str) {
@@ -197,6 +206,24 @@ fn xadd_many(conn: &mut redis::Connection, stream: &str, entries: &[Vec<(String,
         cmd.ignore();
     }
     pipe.query::<()>(conn).expect("XADD pipeline");
+}
+
+/// A node ingesting `stream` that retries a failing entry up to 100 times, a connection to its
+/// Redis, and a client subscribed to `channel` on it.
+async fn retrying_node(
+    redis: &RedisServer,
+    stream: &str,
+    channel: &str,
+) -> (TestApp, redis::Connection, Client) {
+    let node = spawn_node(
+        redis,
+        "a",
+        &["--streams", stream, "--stream-max-deliveries", "100"],
+    );
+    let conn = redis_conn(redis);
+    let mut c = Client::connect(&node, "u").await;
+    c.subscribe(channel).await;
+    (node, conn, c)
 }
 
 /// A node that ingests no stream (`--streams ""`), to hold subscribers that must not race the
@@ -259,11 +286,7 @@ async fn an_entry_reaches_subscribers_with_its_data_untouched() {
     assert_eq!(m["data"], json!([1, 2]));
     assert_eq!(m["event_id"], format!("t1:events/{id}"));
     assert!(m.get("event_type").is_none(), "no event_type given: {m}");
-    eventually("both entries acknowledged", || {
-        let p = pending(&mut conn, "t1:events");
-        async move { p == 0 }
-    })
-    .await;
+    until_pending(&mut conn, "t1:events", 0, "both entries acknowledged").await;
 }
 
 /// Two entries with the same `event_id` are published once: the second is acknowledged as a
@@ -378,11 +401,7 @@ async fn poison_entries_are_dead_lettered_and_never_block_the_entries_behind_the
     assert_eq!(two["entries"].as_array().map(Vec::len), Some(2));
     assert_eq!(two["entries"][0], entries[0]);
 
-    eventually("nothing left pending", || {
-        let p = pending(&mut conn, "t3:events");
-        async move { p == 0 }
-    })
-    .await;
+    until_pending(&mut conn, "t3:events", 0, "nothing left pending").await;
     let (_, info) = api_get(&node, "/api/info").await;
     assert_eq!(
         info["streams"],
@@ -548,14 +567,7 @@ async fn a_batch_never_gives_an_offset_twice_when_another_channel_is_broken() {
 #[actix_rt::test]
 async fn a_run_whose_history_append_fails_is_published_whole_once_repaired() {
     let redis = RedisServer::start();
-    let node = spawn_node(
-        &redis,
-        "a",
-        &["--streams", "t16:events", "--stream-max-deliveries", "100"],
-    );
-    let mut conn = redis_conn(&redis);
-    let mut c = Client::connect(&node, "u").await;
-    c.subscribe("h:c").await;
+    let (node, mut conn, mut c) = retrying_node(&redis, "t16:events", "h:c").await;
     let (status, first) =
         api_post(&node, "/api/publish", r#"{"channel":"h:c","data":{"n":0}}"#).await;
     assert_eq!(
@@ -594,11 +606,130 @@ async fn a_run_whose_history_append_fails_is_published_whole_once_repaired() {
     }
     assert_eq!(offsets, vec![2, 3, 4]);
     c.expect_silence(Duration::from_millis(300)).await;
-    eventually("all three acknowledged", || {
-        let p = pending(&mut conn, "t16:events");
-        async move { p == 0 }
-    })
+    until_pending(&mut conn, "t16:events", 0, "all three acknowledged").await;
+}
+
+/// A step that fails after others of the same call succeeded: those are published and
+/// acknowledged, the failed entry and everything after it wait, and once repaired they follow
+/// in order with the next offsets.
+#[actix_rt::test]
+async fn a_failure_inside_a_batch_keeps_the_entries_before_it_and_holds_the_rest() {
+    let redis = RedisServer::start();
+    let (_node, mut conn, mut c) = retrying_node(&redis, "t17:events", "m:c").await;
+    break_publish(&mut conn, "m:c", "mid-2");
+    xadd_many(&mut conn, "t17:events", &entries_with_ids("m:c", "mid", 3));
+    let first = c.next_of("message").await;
+    assert_eq!(
+        (first["data"]["n"].as_u64(), first["offset"].as_u64()),
+        (Some(1), Some(1))
+    );
+    until_pending(
+        &mut conn,
+        "t17:events",
+        2,
+        "the first entry acknowledged, the other two pending",
+    )
     .await;
+    c.expect_silence(Duration::from_millis(200)).await;
+
+    repair(&mut conn, "m:c", "mid-2");
+    for n in 2..=3 {
+        let m = c.next_of("message").await;
+        assert_eq!(
+            (m["data"]["n"].as_u64(), m["offset"].as_u64()),
+            (Some(n), Some(n)),
+            "{m}"
+        );
+    }
+    c.expect_silence(Duration::from_millis(300)).await;
+    until_pending(&mut conn, "t17:events", 0, "all acknowledged").await;
+}
+
+/// One call spanning two channels: the first channel's run goes out; the second's append
+/// fails, so it and the entry after it (of the first channel again) wait, and follow in stream
+/// order once repaired.
+#[actix_rt::test]
+async fn when_a_later_channel_of_a_batch_fails_the_earlier_one_is_kept_and_order_holds() {
+    let redis = RedisServer::start();
+    let (node, mut conn, mut c) = retrying_node(&redis, "t18:events", "p:c").await;
+    c.subscribe("q:c").await;
+    let (status, answer) =
+        api_post(&node, "/api/publish", r#"{"channel":"q:c","data":{"n":0}}"#).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(numbers(&mut c, 1).await, vec![0]);
+    let history = Keys::new("hub").history("q:c");
+    let _: () = redis::cmd("SET")
+        .arg(&history)
+        .arg("not a list")
+        .query(&mut conn)
+        .expect("SET");
+    xadd_many(
+        &mut conn,
+        "t18:events",
+        &[entry("p:c", 1), entry("q:c", 2), entry("p:c", 3)],
+    );
+    let first = c.next_of("message").await;
+    assert_eq!(
+        (first["channel"].as_str(), first["data"]["n"].as_u64()),
+        (Some("p:c"), Some(1))
+    );
+    until_pending(
+        &mut conn,
+        "t18:events",
+        2,
+        "the first entry acknowledged, the other two pending",
+    )
+    .await;
+    c.expect_silence(Duration::from_millis(200)).await;
+
+    let _: () = redis::cmd("DEL")
+        .arg(&history)
+        .query(&mut conn)
+        .expect("DEL");
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let m = c.next_of("message").await;
+        got.push((
+            m["channel"].as_str().unwrap_or_default().to_owned(),
+            m["data"]["n"].as_u64(),
+            m["offset"].as_u64(),
+        ));
+    }
+    assert_eq!(
+        got,
+        vec![
+            ("q:c".to_owned(), Some(2), Some(2)),
+            ("p:c".to_owned(), Some(3), Some(2))
+        ]
+    );
+    c.expect_silence(Duration::from_millis(300)).await;
+}
+
+/// A dedup key holding something other than a position (another tool's data under the hub's
+/// prefix, say) is not taken for a duplicate: the entry waits instead of being acknowledged
+/// unpublished.
+#[actix_rt::test]
+async fn a_dedup_key_without_a_position_holds_the_entry_rather_than_dropping_it() {
+    let redis = RedisServer::start();
+    let (_node, mut conn, mut c) = retrying_node(&redis, "t19:events", "g:c").await;
+    let dedup = Keys::new("hub").dedup("g:c", "garbled-1");
+    let _: () = redis::cmd("SET")
+        .arg(&dedup)
+        .arg("garbage")
+        .query(&mut conn)
+        .expect("SET");
+    xadd_many(
+        &mut conn,
+        "t19:events",
+        &entries_with_ids("g:c", "garbled", 1),
+    );
+    first_entry_retried(&mut conn, "t19:events").await;
+    assert_eq!(pending(&mut conn, "t19:events"), 1, "the entry waits");
+    c.expect_silence(Duration::from_millis(200)).await;
+
+    let _: () = redis::cmd("DEL").arg(&dedup).query(&mut conn).expect("DEL");
+    assert_eq!(numbers(&mut c, 1).await, vec![1]);
+    until_pending(&mut conn, "t19:events", 0, "acknowledged").await;
 }
 
 // ---- Passing failures ----
@@ -609,14 +740,7 @@ async fn a_run_whose_history_append_fails_is_published_whole_once_repaired() {
 #[actix_rt::test]
 async fn a_passing_failure_is_retried_until_it_succeeds_and_keeps_the_order() {
     let redis = RedisServer::start();
-    let node = spawn_node(
-        &redis,
-        "a",
-        &["--streams", "t4:events", "--stream-max-deliveries", "100"],
-    );
-    let mut conn = redis_conn(&redis);
-    let mut c = Client::connect(&node, "u").await;
-    c.subscribe("r:c").await;
+    let (_node, mut conn, mut c) = retrying_node(&redis, "t4:events", "r:c").await;
     break_publish(&mut conn, "r:c", "ev-1");
     xadd_many(&mut conn, "t4:events", &entries_with_ids("r:c", "ev", 2));
     first_entry_retried(&mut conn, "t4:events").await;
@@ -626,11 +750,7 @@ async fn a_passing_failure_is_retried_until_it_succeeds_and_keeps_the_order() {
     repair(&mut conn, "r:c", "ev-1");
     assert_eq!(numbers(&mut c, 2).await, vec![1, 2]);
     c.expect_silence(Duration::from_millis(300)).await;
-    eventually("both acknowledged", || {
-        let p = pending(&mut conn, "t4:events");
-        async move { p == 0 }
-    })
-    .await;
+    until_pending(&mut conn, "t4:events", 0, "both acknowledged").await;
 }
 
 /// An entry that keeps failing is dead-lettered after `HUB_STREAM_MAX_DELIVERIES` deliveries and
@@ -1079,11 +1199,7 @@ async fn a_restarted_node_rereads_its_own_pending_entries() {
         (&json!(2), &json!(format!("{stream}/{}", ids[1])), &json!(3))
     );
     c.expect_silence(Duration::from_millis(300)).await;
-    eventually("all acknowledged", || {
-        let p = pending(&mut conn, stream);
-        async move { p == 0 }
-    })
-    .await;
+    until_pending(&mut conn, stream, 0, "all acknowledged").await;
 }
 
 /// The real binary as a subprocess; dropping it SIGKILLs it.
@@ -1204,11 +1320,7 @@ async fn entries_of_a_node_killed_with_sigkill_are_claimed_by_another_and_delive
     );
     assert_eq!(numbers(&mut c, 20).await, (1..=20).collect::<Vec<_>>());
     c.expect_silence(Duration::from_millis(300)).await;
-    eventually("everything acknowledged", || {
-        let p = pending(&mut conn, stream);
-        async move { p == 0 }
-    })
-    .await;
+    until_pending(&mut conn, stream, 0, "everything acknowledged").await;
     eventually("the dead node's consumer is removed", || {
         let names = consumers(&mut conn, stream);
         async move { names == vec!["b".to_owned()] }
@@ -1274,11 +1386,7 @@ async fn entries_published_but_not_acknowledged_by_a_killed_node_are_delivered_o
             "1000000",
         ],
     );
-    eventually("node b acknowledged all ten", || {
-        let p = pending(&mut conn, stream);
-        async move { p == 0 }
-    })
-    .await;
+    until_pending(&mut conn, stream, 0, "node b acknowledged all ten").await;
     c.expect_silence(Duration::from_millis(500)).await;
     let dead: u64 = redis::cmd("XLEN")
         .arg(format!("{stream}:dlq"))
@@ -1415,11 +1523,7 @@ async fn ingestion_resumes_after_a_redis_restart() {
         .await
         .expect("the entry appended after the restart");
     assert_eq!(m["data"]["n"], 2);
-    eventually("acknowledged", || {
-        let p = pending(&mut conn, "t12:events");
-        async move { p == 0 }
-    })
-    .await;
+    until_pending(&mut conn, "t12:events", 0, "acknowledged").await;
 }
 
 // ---- Throughput and order ----
@@ -1457,11 +1561,7 @@ async fn a_burst_of_ten_thousand_entries_arrives_exactly_once_in_stream_order() 
     }
     eprintln!("10,000 stream entries delivered in {:?}", started.elapsed());
     c.expect_silence(Duration::from_millis(300)).await;
-    eventually("all acknowledged", || {
-        let p = pending(&mut conn, "t11:events");
-        async move { p == 0 }
-    })
-    .await;
+    until_pending(&mut conn, "t11:events", 0, "all acknowledged").await;
 }
 
 // ---- The demo producer ----

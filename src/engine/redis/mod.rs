@@ -348,12 +348,15 @@ fn published(
         });
     }
     let seen = text(answer).unwrap_or_default();
-    let (offset, epoch) = seen
+    let Some((Ok(offset), epoch)) = seen
         .split_once(':')
-        .ok_or_else(|| EngineError::Internal("unexpected publish answer".into()))?;
+        .map(|(offset, epoch)| (offset.parse::<u64>(), epoch))
+    else {
+        return Err(EngineError::Internal("unexpected publish answer".into()));
+    };
     Ok(Published {
         position: Position {
-            offset: offset.parse().unwrap_or(0),
+            offset,
             epoch: epoch.to_owned(),
         },
         event_id,

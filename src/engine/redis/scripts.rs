@@ -101,7 +101,9 @@ local function flush()
   end
   local sent, perr = pcall(redis.call, 'PUBLISH', ch.topic, payload)
   if not sent then
-    -- Kept in history with its offsets and claims: a retry is answered as a duplicate.
+    -- Kept in history with its offsets and claims, so subscribers fill it from history and
+    -- a retry of a deduplicated message (every stream entry is one) is answered as a
+    -- duplicate; an HTTP publication without an event id, retried, is published again.
     fail_at(first, perr)
     return false
   end
@@ -117,7 +119,13 @@ local function publish(c, tail, dedup)
     -- One command for the check and the claim: the value is what a repeat is answered.
     local position = string.format('%d', offset) .. ':' .. ch.epoch
     if not redis.call('SET', dedup, position, 'NX', 'EX', window) then
-      answers[#answers + 1] = redis.call('GET', dedup)
+      -- Only a position is a duplicate's answer (and acknowledges a stream entry): anything
+      -- else under the key fails the step, so the entry waits rather than being dropped.
+      local seen = redis.call('GET', dedup)
+      if type(seen) ~= 'string' or not string.match(seen, '^%d+:%w+$') then
+        error('the dedup key ' .. dedup .. ' holds no position')
+      end
+      answers[#answers + 1] = seen
       return true
     end
     claimed = dedup
