@@ -1067,9 +1067,18 @@ impl SilencingProxy {
 
     /// Silences every pub/sub link open now; answers how many. Later connections flow.
     fn silence_pubsub(&self) -> usize {
+        self.silence(|c| c.pubsub.load(Ordering::Acquire))
+    }
+
+    /// Silences every connection open now; answers how many. Later connections flow.
+    fn silence_all(&self) -> usize {
+        self.silence(|_| true)
+    }
+
+    fn silence(&self, which: impl Fn(&Proxied) -> bool) -> usize {
         let conns = self.conns.lock().expect("proxy list");
         let mut silenced = 0;
-        for conn in conns.iter().filter(|c| c.pubsub.load(Ordering::Acquire)) {
+        for conn in conns.iter().filter(|c| which(c)) {
             if !conn.silent.swap(true, Ordering::AcqRel) {
                 silenced += 1;
             }
@@ -1427,6 +1436,40 @@ async fn a_silent_pubsub_link_is_replaced_and_the_gap_filled() {
     }
     api_publish(&b, "news", json!("live")).await;
     assert_eq!(reader.next_of("message").await["offset"], 5);
+}
+
+/// When every link to Redis goes silent without closing (Redis gone behind a firewall, say),
+/// the command link is replaced after two answers in a row time out, like the pub/sub link
+/// after its missed heartbeats: publishing works again within seconds instead of when the
+/// kernel gives the connection up, and subscribers get what is published then.
+#[actix_rt::test]
+async fn silent_links_are_replaced_and_publishing_comes_back() {
+    let redis = RedisServer::start();
+    let proxy = SilencingProxy::start(redis.port);
+    let a = ready_node_on(&proxy.url(), "a", "1", &[]).await;
+    let mut reader = connect(&a, "reader").await;
+    reader.subscribe("news").await;
+    api_publish(&a, "news", json!(1)).await;
+    assert_eq!(reader.next_of("message").await["offset"], 1);
+
+    assert!(proxy.silence_all() >= 2, "the command and pub/sub links");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let offset = loop {
+        let (status, body) = post(&a, "/api/publish", json!({"channel": "news", "data": 2})).await;
+        if status == 200 {
+            break body["offset"].clone();
+        }
+        assert_eq!(status, 503, "{body}");
+        assert!(
+            Instant::now() < deadline,
+            "publishing never came back: {body}"
+        );
+    };
+    let m = reader
+        .next_of_within("message", HEARTBEAT * 4 + MARGIN)
+        .await
+        .expect("the publication over the new links");
+    assert_eq!((m["offset"].clone(), m["data"].clone()), (offset, json!(2)));
 }
 
 // ---- Redis hangs ----

@@ -1,21 +1,41 @@
 //! The connection commands go over: the `redis` crate's `ConnectionManager`, plus one resend of
-//! a read-only command whose link had already died.
+//! a read-only command whose link had already died, and a new link when the old one stopped
+//! answering.
 //!
 //! A `ConnectionManager` learns that its link is dead only from a command that fails on it, and
 //! reconnects for the next one. A node whose link sat idle while Redis restarted would answer
 //! its first request after the restart with `unavailable` (`broken pipe`) while `/ready` already
 //! says 200. Only reads are sent again: the crate reports `BrokenPipe` also for requests that
 //! were written before the link died, and a write (a publish, a presence change) may have run.
+//!
+//! A link can also die without failing: a peer gone behind a firewall or a NAT that forgot the
+//! connection, where nothing answers and no error comes until the kernel gives up on its
+//! retransmissions (a quarter of an hour by default). The crate takes a timed-out answer for a
+//! passing condition and keeps the link, so after [`STALLS_BEFORE_NEW_LINK`] answers in a row
+//! have timed out, the next command goes over a new one. A Redis that is only slow (a long
+//! script, a pause) costs nothing more than one new connection per stall.
 
 use std::io;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
 
+/// Answers in a row that may time out before the link is replaced.
+const STALLS_BEFORE_NEW_LINK: u32 = 2;
+
 #[derive(Clone)]
-pub struct Commands(ConnectionManager);
+pub struct Commands(Arc<Link>);
+
+struct Link {
+    client: redis::Client,
+    config: ConnectionManagerConfig,
+    current: Mutex<ConnectionManager>,
+    /// Answers that timed out since the last one that came.
+    stalls: AtomicU32,
+}
 
 impl Commands {
     /// Connects lazily: the first command connects, so a node can start while Redis is down.
@@ -26,7 +46,55 @@ impl Commands {
             .set_response_timeout(Some(reply))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
-        ConnectionManager::new_lazy_with_config(client.clone(), config).map(Commands)
+        let manager = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())?;
+        Ok(Commands(Arc::new(Link {
+            client: client.clone(),
+            config,
+            current: Mutex::new(manager),
+            stalls: AtomicU32::new(0),
+        })))
+    }
+
+    fn manager(&self) -> ConnectionManager {
+        self.0
+            .current
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Counts a timed-out answer, and replaces the link once too many came in a row; any
+    /// answer (an error reply included) shows the link works.
+    fn observe<T>(&self, result: &RedisResult<T>) {
+        match result {
+            Err(e) if e.is_timeout() => {
+                let stalls = self.0.stalls.fetch_add(1, Ordering::AcqRel) + 1;
+                if stalls == STALLS_BEFORE_NEW_LINK {
+                    self.replace_link();
+                }
+            }
+            _ => self.0.stalls.store(0, Ordering::Release),
+        }
+    }
+
+    fn replace_link(&self) {
+        // Commands still waiting on the old link keep it until they end.
+        match ConnectionManager::new_lazy_with_config(self.0.client.clone(), self.0.config.clone())
+        {
+            Ok(fresh) => {
+                *self
+                    .0
+                    .current
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()) = fresh;
+                log::warn!(
+                    stalls = STALLS_BEFORE_NEW_LINK;
+                    "redis stopped answering on the command link: replacing it"
+                );
+            }
+            Err(e) => log::warn!(error:% = e; "cannot replace the redis command link"),
+        }
+        self.0.stalls.store(0, Ordering::Release);
     }
 }
 
@@ -80,10 +148,13 @@ fn read_only(cmd: &Cmd) -> bool {
 impl ConnectionLike for Commands {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         Box::pin(async move {
-            match self.0.req_packed_command(cmd).await {
-                Err(e) if link_closed(&e) && read_only(cmd) => self.0.req_packed_command(cmd).await,
+            let mut link = self.manager();
+            let answer = match link.req_packed_command(cmd).await {
+                Err(e) if link_closed(&e) && read_only(cmd) => link.req_packed_command(cmd).await,
                 answer => answer,
-            }
+            };
+            self.observe(&answer);
+            answer
         })
     }
 
@@ -94,17 +165,20 @@ impl ConnectionLike for Commands {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         Box::pin(async move {
-            match self.0.req_packed_commands(pipeline, offset, count).await {
+            let mut link = self.manager();
+            let answer = match link.req_packed_commands(pipeline, offset, count).await {
                 Err(e) if link_closed(&e) && pipeline.cmd_iter().all(read_only) => {
-                    self.0.req_packed_commands(pipeline, offset, count).await
+                    link.req_packed_commands(pipeline, offset, count).await
                 }
                 answer => answer,
-            }
+            };
+            self.observe(&answer);
+            answer
         })
     }
 
     fn get_db(&self) -> i64 {
-        self.0.get_db()
+        self.manager().get_db()
     }
 }
 
