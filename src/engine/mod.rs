@@ -215,11 +215,12 @@ async fn bounded<T>(
 ) -> Result<T, EngineError> {
     tokio::time::timeout(ENGINE_DEADLINE, fut)
         .await
-        .unwrap_or_else(|_| {
-            Err(EngineError::Unavailable(
-                "no answer within the deadline".into(),
-            ))
-        })
+        .unwrap_or_else(|_| Err(too_late()))
+}
+
+/// What a call answers when [`ENGINE_DEADLINE`] passed first.
+fn too_late() -> EngineError {
+    EngineError::Unavailable("no answer within the deadline".into())
 }
 
 /// The answers for a batch that failed as a whole.
@@ -243,10 +244,7 @@ impl<E: Engine> Engine for Deadline<E> {
             Ok(answers) => answers,
             // Some may have gone through: the caller retries them all, and dedup by
             // `event_id` makes that harmless.
-            Err(_) => all_failed(
-                n,
-                &EngineError::Unavailable("no answer within the deadline".into()),
-            ),
+            Err(_) => all_failed(n, &too_late()),
         }
     }
     async fn publish_acked(
@@ -259,13 +257,7 @@ impl<E: Engine> Engine for Deadline<E> {
             Ok(answers) => answers,
             // As for `publish_many`; what did go through was acknowledged with it, so it is
             // not read again.
-            Err(_) => (
-                all_failed(
-                    n,
-                    &EngineError::Unavailable("no answer within the deadline".into()),
-                ),
-                false,
-            ),
+            Err(_) => (all_failed(n, &too_late()), false),
         }
     }
     async fn subscribe(

@@ -17,7 +17,7 @@
 
 use std::io;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -55,12 +55,15 @@ impl Commands {
         })))
     }
 
-    fn manager(&self) -> ConnectionManager {
+    fn current(&self) -> MutexGuard<'_, ConnectionManager> {
         self.0
             .current
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
+    }
+
+    fn manager(&self) -> ConnectionManager {
+        self.current().clone()
     }
 
     /// Counts a timed-out answer, and replaces the link once too many came in a row; any
@@ -82,11 +85,7 @@ impl Commands {
         match ConnectionManager::new_lazy_with_config(self.0.client.clone(), self.0.config.clone())
         {
             Ok(fresh) => {
-                *self
-                    .0
-                    .current
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner()) = fresh;
+                *self.current() = fresh;
                 log::warn!(
                     stalls = STALLS_BEFORE_NEW_LINK;
                     "redis stopped answering on the command link: replacing it"

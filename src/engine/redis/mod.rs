@@ -497,7 +497,11 @@ impl RedisEngine {
                 channels.push((req.channel.as_str(), template.head));
                 next
             });
-            messages.push((number, template.tail, event_id, req.event_id.is_some()));
+            let dedup = req
+                .event_id
+                .is_some()
+                .then(|| self.keys.dedup(&req.channel, &event_id));
+            messages.push((number, template.tail, event_id, dedup));
         }
         let mut invocation = self.scripts.publish.prepare_invoke();
         invocation
@@ -514,14 +518,14 @@ impl RedisEngine {
                 .arg(random_token(8))
                 .arg(head);
         }
-        for (i, (req, (number, tail, event_id, dedup))) in reqs.iter().zip(&messages).enumerate() {
+        for (i, (number, tail, _, dedup)) in messages.iter().enumerate() {
             let number = i64::try_from(*number).unwrap_or(i64::MAX);
-            if *dedup {
-                invocation.key(self.keys.dedup(&req.channel, event_id));
+            if let Some(key) = dedup {
+                invocation.key(key);
             }
             let id = ack.as_ref().and_then(|a| a.ids.get(i).copied());
             invocation
-                .arg(if *dedup { -number } else { number })
+                .arg(if dedup.is_some() { -number } else { number })
                 .arg(tail)
                 .arg(id.unwrap_or(""));
         }

@@ -110,7 +110,8 @@ local function flush()
   return true
 end
 local function publish(c, tail, dedup)
-  if run.ch and (run.c ~= c or #run.frames >= RUN) then
+  -- (A channel not loaded yet is not the run's: `channels[c]` is nil.)
+  if run.ch and (run.ch ~= channels[c] or #run.frames >= RUN) then
     if not flush() then return false end
   end
   local ch = load(c)
@@ -132,7 +133,7 @@ local function publish(c, tail, dedup)
   end
   local frame = ch.head .. string.format('%d', offset) .. ',"epoch":"' .. ch.epoch .. '",' .. tail
   if #run.frames == 0 then
-    run.ch, run.c, run.base, run.first = ch, c, ch.offset, #answers + 1
+    run.ch, run.base, run.first = ch, ch.offset, #answers + 1
   end
   run.frames[#run.frames + 1] = frame
   if claimed then run.claims[#run.claims + 1] = claimed end
