@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
+use crate::clock::random_token;
+
 /// Command line of the `realtime-hub` binary: no subcommand serves. A subcommand comes first
 /// and takes no serving flags.
 #[derive(Debug, Parser)]
@@ -482,18 +484,6 @@ impl ServeArgs {
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
         })
     }
-}
-
-/// A random URL-safe token of `len` characters from the OS's random source.
-pub fn random_token(len: usize) -> String {
-    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
-    let mut bytes = vec![0u8; len];
-    // A machine without a working random source cannot run a hub safely; uuid would fail too.
-    getrandom::fill(&mut bytes).expect("the OS random source is available");
-    bytes
-        .iter()
-        .map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char)
-        .collect()
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use serde::Serialize;
 use serde_json::value::to_raw_value;
 
 use crate::app::AppState;
-use crate::auth::unix_millis;
+use crate::clock::unix_millis;
 use crate::engine::PublishRequest;
 use crate::hub;
 

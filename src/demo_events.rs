@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::auth::unix_millis;
+use crate::clock::unix_millis;
 use crate::config::DemoEventsArgs;
 
 /// The channel of order events.

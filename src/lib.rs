@@ -7,6 +7,7 @@
 //! Data flows one way: socket → [`session`] → [`engine`] → (Redis → [`bridge`]) → [`hub`] →
 //! sessions.
 //!
+//! - [`clock`]: the wall clock and random ids.
 //! - [`config`]: every setting, flag and `HUB_*` variable.
 //! - [`protocol`]: the wire: client frames, server frames, close codes, channel names.
 //! - [`error`]: errors mapped once to contract codes and HTTP statuses.
@@ -24,6 +25,7 @@
 pub mod app;
 pub mod auth;
 pub mod bridge;
+pub mod clock;
 pub mod config;
 pub mod dashboard;
 pub mod demo_events;

@@ -5,7 +5,6 @@
 mod pattern;
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -14,6 +13,7 @@ use serde_json::value::RawValue;
 
 pub use pattern::Pattern;
 
+use crate::clock::unix_seconds;
 use crate::config::Config;
 use crate::protocol::Close;
 
@@ -213,22 +213,4 @@ pub fn mint_hs256(claims: &MintClaims, secret: &[u8]) -> Result<String, String> 
         &EncodingKey::from_secret(secret),
     )
     .map_err(|e| e.to_string())
-}
-
-pub fn unix_seconds() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-pub fn unix_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
-}
-
-pub fn unix_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }

@@ -45,7 +45,7 @@ pub use dead_letters::{DeadLetter, StreamInfo};
 use entry::{Entry, Verdict};
 
 use super::backoff::Backoff;
-use crate::auth::unix_millis;
+use crate::clock::unix_millis;
 use crate::config::Config;
 use crate::engine::redis::Commands;
 use crate::engine::redis::Keys;

@@ -12,8 +12,8 @@ use async_trait::async_trait;
 use futures_util::future::BoxFuture;
 
 use super::{Engine, EngineError, HistoryPage, NodeInfo, PublishRequest, Published, Subscribed};
-use crate::auth::unix_micros;
-use crate::config::{random_token, MAX_DURATION};
+use crate::clock::{random_token, unix_micros};
+use crate::config::MAX_DURATION;
 use crate::hub::Deliver;
 use crate::protocol::server::message;
 use crate::protocol::{ClientInfo, Message, Position};

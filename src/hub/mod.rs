@@ -18,7 +18,7 @@ use tokio::sync::oneshot;
 use registry::Conn;
 pub use registry::{Registry, SubOutcome, UnsubOutcome};
 
-use crate::auth::unix_micros;
+use crate::clock::unix_micros;
 use crate::error::{EngineError, HubError};
 use crate::metrics::Metrics;
 use crate::protocol::Close;

@@ -25,7 +25,8 @@ pub use outbound::{frame_cost, Frames, Metered, Outbound};
 use rate::TokenBucket;
 
 use crate::app::AppState;
-use crate::auth::{unix_seconds, AuthError, Identity, LEEWAY_S};
+use crate::auth::{AuthError, Identity, LEEWAY_S};
+use crate::clock::unix_seconds;
 use crate::engine::{PublishRequest, ENGINE_DEADLINE};
 use crate::error::HubError;
 use crate::hub;

@@ -15,7 +15,7 @@ use actix::Recipient;
 use redis::AsyncCommands;
 
 use super::{classify, presence_member, Failure, RedisEngine, StoredClient};
-use crate::auth::unix_millis;
+use crate::clock::unix_millis;
 use crate::engine::{EngineError, NodeInfo};
 use crate::hub;
 use crate::protocol::node::NodeMessage;

@@ -40,8 +40,8 @@ use scripts::Scripts;
 use super::{
     Engine, EngineError, HistoryPage, NodeInfo, PublishRequest, Published, StreamAck, Subscribed,
 };
-use crate::auth::unix_millis;
-use crate::config::{random_token, Config};
+use crate::clock::{random_token, unix_millis};
+use crate::config::Config;
 use crate::protocol::node::NodeMessage;
 use crate::protocol::server::message;
 use crate::protocol::{ClientInfo, Message, Position, ServerFrame};
