@@ -140,18 +140,28 @@ pub struct ServeArgs {
     /// PEM file with an RSA or EC (P-256) public key for RS256/ES256 tokens.
     #[arg(long, env = "HUB_JWT_PUBLIC_KEY")]
     pub jwt_public_key: Option<PathBuf>,
+    /// The `aud` every token must carry [default: unset, `aud` not checked].
+    #[arg(long, env = "HUB_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// The `iss` every token must carry [default: unset, `iss` not checked].
+    #[arg(long, env = "HUB_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
     /// Key for /api/ (development mode generates one when unset).
     #[arg(long, env = "HUB_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
     /// Allowed browser origins, comma-separated, or `*` [default: same host].
     #[arg(long, env = "HUB_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
+    /// Open connections per user (`sub`); cluster-wide with Redis.
     #[arg(long, env = "HUB_MAX_CONNECTIONS_PER_USER", default_value_t = 5)]
     pub max_connections_per_user: u32,
+    /// Subscriptions per connection.
     #[arg(long, env = "HUB_MAX_SUBSCRIPTIONS", default_value_t = 128)]
     pub max_subscriptions: usize,
+    /// Largest WebSocket message, after reassembly (at least 1024).
     #[arg(long, env = "HUB_MAX_FRAME_BYTES", default_value_t = 131_072)]
     pub max_frame_bytes: usize,
+    /// Largest publication `data`, as JSON.
     #[arg(long, env = "HUB_MAX_PUBLICATION_BYTES", default_value_t = 65_536)]
     pub max_publication_bytes: usize,
     /// Subscribe patterns for tokens without `channels`.
@@ -160,6 +170,7 @@ pub struct ServeArgs {
     /// Publish patterns for tokens without `publish`.
     #[arg(long, env = "HUB_DEFAULT_PUBLISH", value_delimiter = ',')]
     pub default_publish: Vec<String>,
+    /// Namespaces whose channels get `join`/`leave` pushes, comma-separated.
     #[arg(
         long,
         env = "HUB_JOIN_LEAVE_NAMESPACES",
@@ -167,30 +178,40 @@ pub struct ServeArgs {
         default_value = "chat"
     )]
     pub join_leave_namespaces: Vec<String>,
+    /// Seconds an `event_id` is remembered per channel.
     #[arg(long, env = "HUB_DEDUP_WINDOW_S", default_value_t = 600)]
     pub dedup_window_s: u64,
     /// Requests per second per connection (burst twice that).
     #[arg(long, env = "HUB_CLIENT_RATE", default_value_t = 100)]
     pub client_rate: u32,
+    /// One connection's outbound backlog before `4000 slow consumer` (at least 4096).
     #[arg(long, env = "HUB_CLIENT_QUEUE_BYTES", default_value_t = 1_048_576)]
     pub client_queue_bytes: usize,
+    /// All connections' backlog together; over it the most lagging are closed first.
     #[arg(long, env = "HUB_NODE_QUEUE_BYTES", default_value_t = 268_435_456)]
     pub node_queue_bytes: usize,
+    /// Seconds between server pings; two silent intervals drop the connection.
     #[arg(long, env = "HUB_PING_INTERVAL_S", default_value_t = 25)]
     pub ping_interval_s: u64,
+    /// Publications kept per channel (and the largest `history` limit).
     #[arg(long, env = "HUB_HISTORY_SIZE", default_value_t = 100)]
     pub history_size: usize,
+    /// Seconds history is kept after a channel's last publication.
     #[arg(long, env = "HUB_HISTORY_TTL_S", default_value_t = 300)]
     pub history_ttl_s: u64,
+    /// Redis engine: seconds between lease renewals (node, presence, connection slots).
     #[arg(long, env = "HUB_NODE_HEARTBEAT_S", default_value_t = 5)]
     pub node_heartbeat_s: u64,
+    /// Redis engine: prefix of the hub's own keys and topics (not of the streams).
     #[arg(long, env = "HUB_REDIS_PREFIX", default_value = "hub")]
     pub redis_prefix: String,
+    /// Directory served at `/` (the demo page).
     #[arg(long, env = "HUB_STATIC_DIR", default_value = "static")]
     pub static_dir: PathBuf,
     /// Seconds between dashboard snapshots on `dashboard:hub` [default: 1 in development mode, else 0 = off].
     #[arg(long, env = "HUB_DASHBOARD_INTERVAL_S")]
     pub dashboard_interval_s: Option<u64>,
+    /// Redis engine: streams to ingest, comma-separated; empty: none.
     #[arg(
         long,
         env = "HUB_STREAMS",
@@ -198,12 +219,16 @@ pub struct ServeArgs {
         default_value = "hub:events"
     )]
     pub streams: Vec<String>,
+    /// Redis engine: consumer group of the streams.
     #[arg(long, env = "HUB_STREAM_GROUP", default_value = "hub")]
     pub stream_group: String,
+    /// Redis engine: deliveries of a failing entry before it is dead-lettered.
     #[arg(long, env = "HUB_STREAM_MAX_DELIVERIES", default_value_t = 5)]
     pub stream_max_deliveries: u32,
+    /// Redis engine: milliseconds before a dead consumer's pending entries are claimed.
     #[arg(long, env = "HUB_STREAM_CLAIM_IDLE_MS", default_value_t = 30_000)]
     pub stream_claim_idle_ms: u64,
+    /// The longest a shutdown takes, in seconds; connections still open then are cut.
     #[arg(long, env = "HUB_SHUTDOWN_TIMEOUT_S", default_value_t = 10)]
     pub shutdown_timeout_s: u64,
     /// `text` or `json`.
@@ -226,8 +251,27 @@ pub enum AllowedOrigins {
     /// The Origin's host must equal the request's `Host` header.
     SameHost,
     Any,
-    /// Exact origins such as `https://app.example.com` (compared case-insensitively).
+    /// Exact origins such as `https://app.example.com` (compared case-insensitively), and the
+    /// same host as well.
     List(Vec<String>),
+}
+
+impl AllowedOrigins {
+    /// Whether a browser page of `origin` may use the hub reached as `host` (the request's
+    /// `Host` header). The hub's own pages (same host) are always allowed: listing a
+    /// development server's origin must not lock out the demo page.
+    pub fn allows(&self, origin: &str, host: Option<&str>) -> bool {
+        let origin = origin.trim_end_matches('/').to_ascii_lowercase();
+        let same_host = || {
+            let origin_host = origin.split_once("://").map(|(_, rest)| rest);
+            matches!((host, origin_host), (Some(h), Some(o)) if h.eq_ignore_ascii_case(o))
+        };
+        match self {
+            AllowedOrigins::Any => true,
+            AllowedOrigins::List(list) => list.contains(&origin) || same_host(),
+            AllowedOrigins::SameHost => same_host(),
+        }
+    }
 }
 
 /// How tokens are verified.
@@ -237,6 +281,10 @@ pub struct JwtKeys {
     pub secret: Option<Vec<u8>>,
     /// PEM bytes of the public key for RS256/ES256, when configured.
     pub public_key_pem: Option<Vec<u8>>,
+    /// The `aud` a token must carry, when configured; `None`: `aud` is not checked.
+    pub audience: Option<String>,
+    /// The `iss` a token must carry, when configured; `None`: `iss` is not checked.
+    pub issuer: Option<String>,
 }
 
 impl std::fmt::Debug for JwtKeys {
@@ -248,6 +296,8 @@ impl std::fmt::Debug for JwtKeys {
                 "public_key_pem",
                 &self.public_key_pem.as_ref().map(|_| "<pem>"),
             )
+            .field("audience", &self.audience)
+            .field("issuer", &self.issuer)
             .finish()
     }
 }
@@ -353,18 +403,6 @@ impl ServeArgs {
             .map_err(|e| ConfigError(e.to_string()))
     }
 
-    /// Parses the settings from the environment alone (no flags): what tests and embedders use.
-    pub fn from_env() -> Result<Self, ConfigError> {
-        #[derive(Parser)]
-        struct EnvOnly {
-            #[command(flatten)]
-            serve: ServeArgs,
-        }
-        EnvOnly::try_parse_from(["realtime-hub"])
-            .map(|e| e.serve)
-            .map_err(|e| ConfigError(e.to_string()))
-    }
-
     /// Validates the settings and fills in the derived defaults (development mode, bind address,
     /// node id, generated secrets).
     pub fn into_config(self) -> Result<Config, ConfigError> {
@@ -446,6 +484,8 @@ impl ServeArgs {
             jwt: JwtKeys {
                 secret,
                 public_key_pem,
+                audience: self.jwt_audience.filter(|a| !a.is_empty()),
+                issuer: self.jwt_issuer.filter(|i| !i.is_empty()),
             },
             api_key,
             api_key_generated,
@@ -559,5 +599,46 @@ mod tests {
             };
             assert!(config(&[flag, &max]).is_ok(), "{flag} {max}");
         }
+    }
+
+    /// Every serving flag has a `--help` line.
+    #[test]
+    fn every_serving_flag_has_help() {
+        let command = Cli::command();
+        let missing: Vec<_> = command
+            .get_arguments()
+            .filter(|a| a.get_long().is_some() && a.get_help().is_none())
+            .filter_map(|a| a.get_long())
+            .collect();
+        assert!(missing.is_empty(), "flags without help: {missing:?}");
+    }
+
+    /// With a list, the listed origins and the hub's own host are allowed, nothing else; by
+    /// default only the same host.
+    #[test]
+    fn listed_origins_and_the_same_host_are_allowed() {
+        let list = AllowedOrigins::List(vec!["http://localhost:5173".into()]);
+        let host = Some("localhost:8000");
+        assert!(list.allows("http://localhost:5173", host));
+        assert!(list.allows("HTTP://LOCALHOST:5173/", host));
+        assert!(list.allows("http://localhost:8000", host));
+        assert!(!list.allows("http://evil.example", host));
+        assert!(!list.allows("null", host));
+        assert!(!AllowedOrigins::SameHost.allows("http://localhost:5173", host));
+        assert!(AllowedOrigins::SameHost.allows("http://localhost:8000", host));
+        assert!(!AllowedOrigins::SameHost.allows("http://localhost:8000", None));
+        assert!(AllowedOrigins::Any.allows("null", None));
+    }
+
+    /// `aud` and `iss` are checked only when set; an empty value counts as unset.
+    #[test]
+    fn audience_and_issuer_are_optional() {
+        let unset = config(&[]).expect("config");
+        assert_eq!((unset.jwt.audience, unset.jwt.issuer), (None, None));
+        let empty = config(&["--jwt-audience", "", "--jwt-issuer", ""]).expect("config");
+        assert_eq!((empty.jwt.audience, empty.jwt.issuer), (None, None));
+        let set = config(&["--jwt-audience", "hub", "--jwt-issuer", "auth"]).expect("config");
+        assert_eq!(set.jwt.audience.as_deref(), Some("hub"));
+        assert_eq!(set.jwt.issuer.as_deref(), Some("auth"));
     }
 }

@@ -91,6 +91,10 @@ impl Identity {
 pub struct Verifier {
     hs256: Option<DecodingKey>,
     public: Option<(DecodingKey, Algorithm)>,
+    /// `HUB_JWT_AUDIENCE`: when set, a token without this `aud` is invalid.
+    audience: Option<String>,
+    /// `HUB_JWT_ISSUER`: when set, a token without this `iss` is invalid.
+    issuer: Option<String>,
     default_subscribe: Vec<Pattern>,
     default_publish: Vec<Pattern>,
 }
@@ -98,22 +102,17 @@ pub struct Verifier {
 impl Verifier {
     pub fn new(config: &Config) -> Result<Self, String> {
         let hs256 = config.jwt.secret.as_deref().map(DecodingKey::from_secret);
-        let public = match config.jwt.public_key_pem.as_deref() {
-            None => None,
-            Some(pem) => Some(
-                DecodingKey::from_rsa_pem(pem)
-                    .map(|k| (k, Algorithm::RS256))
-                    .or_else(|_| DecodingKey::from_ec_pem(pem).map(|k| (k, Algorithm::ES256)))
-                    .map_err(|e| {
-                        format!(
-                            "HUB_JWT_PUBLIC_KEY is neither an RSA nor an EC public key in PEM: {e}"
-                        )
-                    })?,
-            ),
-        };
+        let public = config
+            .jwt
+            .public_key_pem
+            .as_deref()
+            .map(public_key)
+            .transpose()?;
         Ok(Verifier {
             hs256,
             public,
+            audience: config.jwt.audience.clone(),
+            issuer: config.jwt.issuer.clone(),
             default_subscribe: config
                 .default_channels
                 .iter()
@@ -144,8 +143,19 @@ impl Verifier {
         validation.leeway = LEEWAY_S;
         validation.validate_exp = true;
         validation.validate_nbf = true;
-        validation.validate_aud = false;
-        validation.set_required_spec_claims(&["exp"]);
+        let mut required = vec!["exp"];
+        match &self.audience {
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                required.push("aud");
+            }
+            None => validation.validate_aud = false,
+        }
+        if let Some(iss) = &self.issuer {
+            validation.set_issuer(&[iss]);
+            required.push("iss");
+        }
+        validation.set_required_spec_claims(&required);
         let claims = jsonwebtoken::decode::<Claims>(token, key, &validation)
             .map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature => AuthError::Expired,
@@ -173,6 +183,26 @@ impl Verifier {
             info,
         })
     }
+}
+
+/// The verifying key and algorithm of a PEM public key: RS256 for RSA, ES256 for EC P-256.
+/// An EC key on another curve parses, but could verify no ES256 token: it is refused here, at
+/// start, rather than every token later.
+fn public_key(pem: &[u8]) -> Result<(DecodingKey, Algorithm), String> {
+    if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
+        return Ok((key, Algorithm::RS256));
+    }
+    let key = DecodingKey::from_ec_pem(pem).map_err(|e| {
+        format!("HUB_JWT_PUBLIC_KEY is neither an RSA nor an EC public key in PEM: {e}")
+    })?;
+    // Building the ES256 verifier is what checks the curve: with an empty signature the
+    // check can only fail, but building it fails only when the key is not a P-256 point.
+    jsonwebtoken::crypto::verify("", b"", &key, Algorithm::ES256).map_err(|_| {
+        "HUB_JWT_PUBLIC_KEY is an EC key on a curve other than P-256: \
+         only RSA (RS256) and EC P-256 (ES256) keys are supported"
+            .to_owned()
+    })?;
+    Ok((key, Algorithm::ES256))
 }
 
 /// What a minted token grants.

@@ -101,29 +101,13 @@ fn token_of(req: &HttpRequest) -> Option<String> {
     query.get("token").cloned()
 }
 
-/// No Origin header means not a browser: allowed. Otherwise the configured list, or by
-/// default the same host as the request.
+/// No Origin header means not a browser: allowed. Otherwise see [`AllowedOrigins::allows`].
 fn origin_allowed(req: &HttpRequest, allowed: &AllowedOrigins) -> bool {
     let Some(origin) = req.headers().get(header::ORIGIN) else {
         return true;
     };
-    let Ok(origin) = origin.to_str() else {
-        return false;
-    };
-    let origin = origin.trim_end_matches('/').to_ascii_lowercase();
-    match allowed {
-        AllowedOrigins::Any => true,
-        AllowedOrigins::List(list) => list.contains(&origin),
-        AllowedOrigins::SameHost => {
-            let host = req
-                .headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_ascii_lowercase);
-            let origin_host = origin.split_once("://").map(|(_, rest)| rest);
-            matches!((host, origin_host), (Some(h), Some(o)) if h == o)
-        }
-    }
+    let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok());
+    origin.to_str().is_ok_and(|o| allowed.allows(o, host))
 }
 
 /// Per-connection socket options, set as each TCP connection is accepted: no Nagle delay for
