@@ -40,6 +40,7 @@ impl AppState {
         if config.redis_url.is_some() {
             // Before the server accepts anyone, so the first scrape already shows them.
             metrics.enable_redis();
+            metrics.expect_streams(&config.streams);
         }
         AppState {
             config,

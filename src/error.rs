@@ -24,6 +24,20 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, for the metrics that show each at 0 from the start.
+    pub const ALL: [ErrorCode; 10] = [
+        ErrorCode::BadRequest,
+        ErrorCode::UnknownType,
+        ErrorCode::Unauthorized,
+        ErrorCode::Forbidden,
+        ErrorCode::NotFound,
+        ErrorCode::TooLarge,
+        ErrorCode::LimitExceeded,
+        ErrorCode::RateLimited,
+        ErrorCode::Unavailable,
+        ErrorCode::Internal,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::BadRequest => "bad_request",

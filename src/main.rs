@@ -66,10 +66,14 @@ fn serve(config: Config) -> ExitCode {
     if config.dev_mode {
         // Printed, not logged: the key must not end up in log collection.
         // A key the operator set is theirs and not repeated; a generated one is shown once.
-        let key = if config.api_key_generated {
-            config.api_key.as_deref().unwrap_or_default()
+        let (key, key_arg) = if config.api_key_generated {
+            let key = config.api_key.clone().unwrap_or_default();
+            (key.clone(), format!("'X-API-Key: {key}'"))
         } else {
-            "(HUB_API_KEY, as configured)"
+            (
+                "(HUB_API_KEY, as configured)".to_owned(),
+                "\"X-API-Key: $HUB_API_KEY\"".to_owned(),
+            )
         };
         println!(
             "\n  realtime-hub is in DEVELOPMENT MODE: tokens are signed with a random secret that changes\n  \
@@ -77,7 +81,7 @@ fn serve(config: Config) -> ExitCode {
              HUB_JWT_PUBLIC_KEY) and HUB_API_KEY for production.\n\n  \
              Demo page:  http://{addr}/\n  \
              API key:    {key}\n  \
-             Try:        curl -H 'X-API-Key: <API key>' -d '{{\"channel\":\"chat:lobby\",\"data\":{{\"text\":\"hi\"}}}}' http://{addr}/api/publish\n"
+             Try:        curl -H {key_arg} -d '{{\"channel\":\"chat:lobby\",\"data\":{{\"text\":\"hi\"}}}}' http://{addr}/api/publish\n"
         );
         log::warn!(
             "development mode: random JWT secret, /dev/token enabled; do not expose this node"

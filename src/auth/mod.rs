@@ -244,3 +244,86 @@ pub fn mint_hs256(claims: &MintClaims, secret: &[u8]) -> Result<String, String> 
     )
     .map_err(|e| e.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::config::ServeArgs;
+
+    const SECRET: &str = "unit-secret";
+
+    fn verifier(args: &[&str]) -> Verifier {
+        let mut all = vec!["realtime-hub", "--jwt-secret", SECRET];
+        all.extend_from_slice(args);
+        let config = ServeArgs::from_args(all)
+            .and_then(ServeArgs::into_config)
+            .expect("config");
+        Verifier::new(&config).expect("verifier")
+    }
+
+    fn token(extra: serde_json::Value) -> String {
+        let mut claims = json!({"sub": "alice", "exp": unix_seconds() + 60});
+        if let (Some(c), Some(e)) = (claims.as_object_mut(), extra.as_object()) {
+            c.extend(e.clone());
+        }
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .expect("sign")
+    }
+
+    fn is_invalid(r: Result<Identity, AuthError>) -> bool {
+        matches!(r, Err(AuthError::Invalid(_)))
+    }
+
+    /// Without `HUB_JWT_AUDIENCE` and `HUB_JWT_ISSUER`, `aud` and `iss` are not looked at.
+    #[test]
+    fn aud_and_iss_are_ignored_when_not_configured() {
+        let v = verifier(&[]);
+        assert!(v.verify(&token(json!({}))).is_ok());
+        assert!(v.verify(&token(json!({"aud": "other", "iss": "x"}))).is_ok());
+    }
+
+    /// With `HUB_JWT_AUDIENCE`, a token passes only with that audience among its `aud`.
+    #[test]
+    fn audience_is_required_when_configured() {
+        let v = verifier(&["--jwt-audience", "hub"]);
+        assert!(v.verify(&token(json!({"aud": "hub"}))).is_ok());
+        assert!(v.verify(&token(json!({"aud": ["api", "hub"]}))).is_ok());
+        assert!(is_invalid(v.verify(&token(json!({})))));
+        assert!(is_invalid(v.verify(&token(json!({"aud": "other"})))));
+        assert!(is_invalid(v.verify(&token(json!({"aud": []})))));
+        assert!(is_invalid(v.verify(&token(json!({"aud": 7})))));
+    }
+
+    /// With `HUB_JWT_ISSUER`, a token passes only with exactly that `iss`.
+    #[test]
+    fn issuer_is_required_when_configured() {
+        let v = verifier(&["--jwt-issuer", "https://auth.example"]);
+        assert!(v
+            .verify(&token(json!({"iss": "https://auth.example"})))
+            .is_ok());
+        assert!(is_invalid(v.verify(&token(json!({})))));
+        assert!(is_invalid(v.verify(&token(json!({"iss": "https://evil"})))));
+        assert!(is_invalid(v.verify(&token(json!({"iss": 1})))));
+    }
+
+    /// An RSA or EC P-256 key is taken with its algorithm; a P-384 key is refused with a
+    /// message naming the setting.
+    #[test]
+    fn only_rsa_and_p256_public_keys_are_taken() {
+        let fixture = |name: &str| {
+            std::fs::read(format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR")))
+                .expect("fixture")
+        };
+        let alg = |name: &str| public_key(&fixture(name)).map(|(_, alg)| alg);
+        assert_eq!(alg("rsa_public.pem"), Ok(Algorithm::RS256));
+        assert_eq!(alg("ec_public.pem"), Ok(Algorithm::ES256));
+        let e = alg("ec_p384_public.pem").expect_err("P-384");
+        assert!(e.contains("HUB_JWT_PUBLIC_KEY") && e.contains("P-256"), "{e}");
+    }
+}

@@ -1,9 +1,12 @@
-//! `POST /dev/token`: tokens for trying the hub out, in development mode only.
+//! `POST /dev/token`: tokens for trying the hub out, in development mode only, with its CORS
+//! preflight for pages on another allowed origin.
 
-use actix_web::{web, HttpResponse};
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use serde::{Deserialize, Serialize};
 
 use super::api::read_json;
+use super::{allow_origin, cors_origin, not_found};
 use crate::app::AppState;
 use crate::auth::{mint_hs256, MintClaims};
 use crate::error::HubError;
@@ -22,7 +25,48 @@ struct TokenResponse {
     token: String,
 }
 
-pub async fn token(app: web::Data<AppState>, body: web::Payload) -> Result<HttpResponse, HubError> {
+/// How long a browser may cache the preflight's answer, in seconds.
+const PREFLIGHT_MAX_AGE_S: &str = "600";
+
+/// `POST /dev/token`, errors included, readable by the allowed origins.
+pub async fn token(
+    req: HttpRequest,
+    app: web::Data<AppState>,
+    body: web::Payload,
+) -> HttpResponse {
+    let origin = cors_origin(&req, &app);
+    let mut res = mint(app, body)
+        .await
+        .unwrap_or_else(|e| e.error_response());
+    allow_origin(res.headers_mut(), origin);
+    res
+}
+
+/// `OPTIONS /dev/token`: the preflight a browser sends before a cross-origin POST with a JSON
+/// body. Anything else (development mode off, not a preflight for POST, an origin not
+/// allowed) gets the 404 every other OPTIONS gets, with no CORS headers, which the browser
+/// takes as a refusal.
+pub async fn preflight(req: HttpRequest, app: web::Data<AppState>) -> HttpResponse {
+    let asks_post = req
+        .headers()
+        .get(header::ACCESS_CONTROL_REQUEST_METHOD)
+        .is_some_and(|m| m.as_bytes() == b"POST");
+    let origin = cors_origin(&req, &app);
+    match origin {
+        Some(origin) if app.config.dev_mode && asks_post => {
+            let mut res = HttpResponse::NoContent()
+                .insert_header((header::ACCESS_CONTROL_ALLOW_METHODS, "POST"))
+                .insert_header((header::ACCESS_CONTROL_ALLOW_HEADERS, "content-type"))
+                .insert_header((header::ACCESS_CONTROL_MAX_AGE, PREFLIGHT_MAX_AGE_S))
+                .finish();
+            allow_origin(res.headers_mut(), Some(origin));
+            res
+        }
+        _ => not_found(req).await,
+    }
+}
+
+async fn mint(app: web::Data<AppState>, body: web::Payload) -> Result<HttpResponse, HubError> {
     let secret = match (&app.config.jwt.secret, app.config.dev_mode) {
         (Some(secret), true) => secret,
         _ => {

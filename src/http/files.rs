@@ -1,5 +1,7 @@
 //! The demo page and its assets from `HUB_STATIC_DIR`: GET and HEAD only, no hidden files, no
-//! way out of the directory, and the contract's JSON 404 for anything else.
+//! way out of the directory, and the contract's JSON 404 for anything else. Files are readable
+//! by the allowed origins (CORS), so a page on a development server can import
+//! `/hub-client.js`.
 
 use std::path::{Path, PathBuf};
 
@@ -7,7 +9,7 @@ use actix_files::NamedFile;
 use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use super::not_found;
+use super::{allow_origin, cors_origin, not_found};
 use crate::app::AppState;
 
 pub async fn serve(req: HttpRequest, app: web::Data<AppState>) -> HttpResponse {
@@ -19,7 +21,11 @@ pub async fn serve(req: HttpRequest, app: web::Data<AppState>) -> HttpResponse {
     };
     // Small files on a local disk: opening them inline is cheaper than a blocking-pool hop.
     match NamedFile::open(&path) {
-        Ok(file) => file.into_response(&req),
+        Ok(file) => {
+            let mut res = file.into_response(&req);
+            allow_origin(res.headers_mut(), cors_origin(&req, &app));
+            res
+        }
         Err(_) => not_found(req).await,
     }
 }

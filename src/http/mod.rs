@@ -1,5 +1,9 @@
 //! The HTTP surface in one route table: `/ws`, the server API under `/api/`, development
 //! tokens, `/health` and `/ready`, and the static demo page. Every error is the contract's JSON.
+//!
+//! CORS: a page served by a development server on another origin (Vite, Next) fetches
+//! `/dev/token` and imports `/hub-client.js`, so those two (all static files, in fact) answer
+//! CORS for the origins `HUB_ALLOWED_ORIGINS` allows, the `/dev/token` preflight included.
 
 mod api;
 mod deadletters;
@@ -10,6 +14,8 @@ mod metrics;
 mod ws;
 
 use actix_web::dev::Service;
+use actix_web::http::header::{self, HeaderMap, HeaderValue};
+use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::future::{ready, Either};
 use subtle::ConstantTimeEq;
@@ -34,6 +40,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, app: &web::Data<AppState>) {
         .service(
             web::resource("/dev/token")
                 .route(web::post().to(dev::token))
+                .route(web::method(Method::OPTIONS).to(dev::preflight))
                 .default_service(web::to(not_found)),
         )
         .service(
@@ -80,4 +87,27 @@ pub async fn not_found(req: HttpRequest) -> HttpResponse {
         req.method(),
         req.path()
     )))
+}
+
+/// The request's `Origin`, when it is a browser origin allowed to read this hub's answers
+/// (see [`crate::config::AllowedOrigins::allows`]); `None` without an Origin header.
+fn cors_origin(req: &HttpRequest, app: &AppState) -> Option<HeaderValue> {
+    let origin = req.headers().get(header::ORIGIN)?;
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok());
+    let allowed = origin
+        .to_str()
+        .is_ok_and(|o| app.config.allowed_origins.allows(o, host));
+    allowed.then(|| origin.clone())
+}
+
+/// Lets an allowed origin read `headers`' response. `Vary: Origin` either way, as the answer
+/// depends on the Origin and must not be cached for another.
+fn allow_origin(headers: &mut HeaderMap, origin: Option<HeaderValue>) {
+    headers.append(header::VARY, HeaderValue::from_static("origin"));
+    if let Some(origin) = origin {
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    }
 }

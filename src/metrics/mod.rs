@@ -5,9 +5,15 @@
 //! One [`Metrics`] per running node, shared by `Arc`: no process-wide globals, so several nodes
 //! in one test process keep their own figures.
 //!
+//! Labelled series of known label sets (errors by code, connects by result, publications by
+//! source, stream entries by configured stream and result) exist at 0 from the start, so that
+//! `increase(...) > 0` alerts see their first count. The process metrics are in [`process`].
+//!
 //! The Redis metrics (`hub_redis_up`, `hub_redis_reconnects_total`) are exposed only once
 //! [`Metrics::enable_redis`] was called, so that a memory-engine node does not show a Redis that
 //! is "down" (and fire the alert on it).
+
+mod process;
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,6 +29,20 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
+
+use crate::error::ErrorCode;
+use crate::protocol::Close;
+
+/// The closes that refuse a connection: with `accepted`, the `result`s of
+/// `hub_connects_total`.
+const REFUSALS: [Close; 6] = [
+    Close::InvalidToken,
+    Close::TokenExpired,
+    Close::ConnectionLimit,
+    Close::OriginNotAllowed,
+    Close::GoingAway,
+    Close::InternalError,
+];
 
 /// Who made a publication.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
@@ -242,7 +262,34 @@ impl Metrics {
             "The running build",
             Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
         );
+        registry.register_collector(Box::new(process::ProcessMetrics));
+        for source in [Source::Client, Source::Api, Source::Stream] {
+            let _ = m.publications.get_or_create(&SourceLabels { source });
+        }
+        for code in ErrorCode::ALL {
+            let _ = m.errors.get_or_create(&CodeLabels {
+                code: code.as_str().to_owned(),
+            });
+        }
+        for result in std::iter::once("accepted").chain(REFUSALS.map(Close::label)) {
+            let _ = m.connects.get_or_create(&ResultLabels {
+                result: result.to_owned(),
+            });
+        }
         Arc::new(Metrics { registry, ..m })
+    }
+
+    /// Shows every result of each of `streams` at 0 from now on: called once at start by a
+    /// node that reads streams.
+    pub fn expect_streams(&self, streams: &[String]) {
+        for stream in streams {
+            for result in [StreamResult::Acked, StreamResult::Retried, StreamResult::Dead] {
+                let _ = self.stream_entries.get_or_create(&StreamResultLabels {
+                    stream: stream.clone(),
+                    result,
+                });
+            }
+        }
     }
 
     pub fn published(&self, source: Source) {
@@ -395,5 +442,45 @@ mod tests {
         }
         m.stream_figures("s", 2, None);
         assert!(!m.encode().contains("hub_stream_lag{"), "{}", m.encode());
+    }
+
+    /// Known label sets are shown at 0 before their first count, so that an alert on
+    /// `increase(...) > 0` sees the first one; stream results only for the streams read.
+    #[test]
+    fn known_label_sets_start_at_zero() {
+        let m = Metrics::new();
+        let text = m.encode();
+        for line in [
+            "hub_errors_total{code=\"internal\"} 0",
+            "hub_errors_total{code=\"unavailable\"} 0",
+            "hub_connects_total{result=\"accepted\"} 0",
+            "hub_connects_total{result=\"invalid_token\"} 0",
+            "hub_publications_total{source=\"stream\"} 0",
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
+        assert!(!text.contains("hub_stream_entries_total{"), "{text}");
+        m.expect_streams(&["s".to_owned()]);
+        let text = m.encode();
+        for result in ["acked", "retried", "dead"] {
+            let line = format!("hub_stream_entries_total{{stream=\"s\",result=\"{result}\"}} 0");
+            assert!(text.contains(&line), "{line} missing from:\n{text}");
+        }
+    }
+
+    /// The standard process metrics are part of the exposition.
+    #[test]
+    fn exposition_has_the_process_metrics() {
+        let text = Metrics::new().encode();
+        for name in [
+            "process_open_fds ",
+            "process_max_fds ",
+            "process_resident_memory_bytes ",
+            "process_cpu_seconds_total ",
+            "process_start_time_seconds ",
+        ] {
+            assert!(text.contains(name), "{name} missing from:\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"), "{text}");
     }
 }
