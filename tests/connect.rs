@@ -158,16 +158,19 @@ async fn foreign_origins_are_refused_by_default() {
     assert!(first.to_text().expect("text").contains("welcome"));
 }
 
-/// `HUB_ALLOWED_ORIGINS` lists the origins browsers may come from.
+/// `HUB_ALLOWED_ORIGINS` lists the origins browsers may come from, besides the hub's own host
+/// (its demo page); any other origin is refused.
 #[actix_rt::test]
 async fn configured_origins_are_allowed() {
     let app = spawn_app_with(&["--allowed-origins", "https://app.example,https://b.example"]);
     let url = url_with(&app, &token("o"));
-    let mut ws = open_with_headers(&url, &[("Origin", "https://b.example")]).await;
     use futures_util::StreamExt;
-    let first = ws.next().await.expect("frame").expect("ok");
-    assert!(first.to_text().expect("text").contains("welcome"));
-    let mut ws = open_with_headers(&url, &[("Origin", &format!("http://{}", app.addr))]).await;
+    for origin in ["https://b.example".to_owned(), format!("http://{}", app.addr)] {
+        let mut ws = open_with_headers(&url, &[("Origin", &origin)]).await;
+        let first = ws.next().await.expect("frame").expect("ok");
+        assert!(first.to_text().expect("text").contains("welcome"), "{origin}");
+    }
+    let mut ws = open_with_headers(&url, &[("Origin", "https://c.example")]).await;
     assert_eq!(
         expect_close(&mut ws).await,
         (1008, "origin not allowed".to_owned())
