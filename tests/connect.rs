@@ -165,10 +165,16 @@ async fn configured_origins_are_allowed() {
     let app = spawn_app_with(&["--allowed-origins", "https://app.example,https://b.example"]);
     let url = url_with(&app, &token("o"));
     use futures_util::StreamExt;
-    for origin in ["https://b.example".to_owned(), format!("http://{}", app.addr)] {
+    for origin in [
+        "https://b.example".to_owned(),
+        format!("http://{}", app.addr),
+    ] {
         let mut ws = open_with_headers(&url, &[("Origin", &origin)]).await;
         let first = ws.next().await.expect("frame").expect("ok");
-        assert!(first.to_text().expect("text").contains("welcome"), "{origin}");
+        assert!(
+            first.to_text().expect("text").contains("welcome"),
+            "{origin}"
+        );
     }
     let mut ws = open_with_headers(&url, &[("Origin", "https://c.example")]).await;
     assert_eq!(

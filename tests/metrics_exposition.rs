@@ -59,7 +59,10 @@ async fn dead_letters_exist_at_zero_from_the_start() {
     let app = spawn_node(&redis, "n1", &["--streams", "orders"]);
     let text = scrape(&app).await;
     assert_eq!(
-        sample(&text, "hub_stream_entries_total{stream=\"orders\",result=\"dead\"}"),
+        sample(
+            &text,
+            "hub_stream_entries_total{stream=\"orders\",result=\"dead\"}"
+        ),
         Some(0.0),
         "{text}"
     );

@@ -242,7 +242,10 @@ async fn the_banner_try_command_publishes() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_realtime-hub"))
         .args(["--bind", "127.0.0.1:0", "--workers", "1"])
         .env_clear()
-        .env("HUB_STATIC_DIR", format!("{}/static", env!("CARGO_MANIFEST_DIR")))
+        .env(
+            "HUB_STATIC_DIR",
+            format!("{}/static", env!("CARGO_MANIFEST_DIR")),
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -279,7 +282,10 @@ async fn try_line(line: &str) -> (u16, serde_json::Value) {
     let quoted: Vec<&str> = line.split('\'').collect();
     let (header, body) = (quoted[1], quoted[3]);
     let (name, value) = header.split_once(": ").expect("a header in the Try line");
-    let url = line.split_whitespace().last().expect("a URL in the Try line");
+    let url = line
+        .split_whitespace()
+        .last()
+        .expect("a URL in the Try line");
     let mut res = http()
         .post(url)
         .insert_header((name, value))

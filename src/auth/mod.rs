@@ -285,7 +285,9 @@ mod tests {
     fn aud_and_iss_are_ignored_when_not_configured() {
         let v = verifier(&[]);
         assert!(v.verify(&token(json!({}))).is_ok());
-        assert!(v.verify(&token(json!({"aud": "other", "iss": "x"}))).is_ok());
+        assert!(v
+            .verify(&token(json!({"aud": "other", "iss": "x"})))
+            .is_ok());
     }
 
     /// With `HUB_JWT_AUDIENCE`, a token passes only with that audience among its `aud`.
@@ -317,13 +319,19 @@ mod tests {
     #[test]
     fn only_rsa_and_p256_public_keys_are_taken() {
         let fixture = |name: &str| {
-            std::fs::read(format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR")))
-                .expect("fixture")
+            std::fs::read(format!(
+                "{}/tests/fixtures/{name}",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+            .expect("fixture")
         };
         let alg = |name: &str| public_key(&fixture(name)).map(|(_, alg)| alg);
         assert_eq!(alg("rsa_public.pem"), Ok(Algorithm::RS256));
         assert_eq!(alg("ec_public.pem"), Ok(Algorithm::ES256));
         let e = alg("ec_p384_public.pem").expect_err("P-384");
-        assert!(e.contains("HUB_JWT_PUBLIC_KEY") && e.contains("P-256"), "{e}");
+        assert!(
+            e.contains("HUB_JWT_PUBLIC_KEY") && e.contains("P-256"),
+            "{e}"
+        );
     }
 }

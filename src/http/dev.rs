@@ -29,15 +29,9 @@ struct TokenResponse {
 const PREFLIGHT_MAX_AGE_S: &str = "600";
 
 /// `POST /dev/token`, errors included, readable by the allowed origins.
-pub async fn token(
-    req: HttpRequest,
-    app: web::Data<AppState>,
-    body: web::Payload,
-) -> HttpResponse {
+pub async fn token(req: HttpRequest, app: web::Data<AppState>, body: web::Payload) -> HttpResponse {
     let origin = cors_origin(&req, &app);
-    let mut res = mint(app, body)
-        .await
-        .unwrap_or_else(|e| e.error_response());
+    let mut res = mint(app, body).await.unwrap_or_else(|e| e.error_response());
     allow_origin(res.headers_mut(), origin);
     res
 }

@@ -106,7 +106,10 @@ fn origin_allowed(req: &HttpRequest, allowed: &AllowedOrigins) -> bool {
     let Some(origin) = req.headers().get(header::ORIGIN) else {
         return true;
     };
-    let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok());
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok());
     origin.to_str().is_ok_and(|o| allowed.allows(o, host))
 }
 

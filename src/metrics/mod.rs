@@ -283,7 +283,11 @@ impl Metrics {
     /// node that reads streams.
     pub fn expect_streams(&self, streams: &[String]) {
         for stream in streams {
-            for result in [StreamResult::Acked, StreamResult::Retried, StreamResult::Dead] {
+            for result in [
+                StreamResult::Acked,
+                StreamResult::Retried,
+                StreamResult::Dead,
+            ] {
                 let _ = self.stream_entries.get_or_create(&StreamResultLabels {
                     stream: stream.clone(),
                     result,

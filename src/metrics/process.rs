@@ -137,7 +137,10 @@ mod tests {
         let r = read();
         let now = crate::clock::unix_seconds() as f64;
         assert!(r.open_fds.is_some_and(|n| n >= 3), "{r:?}");
-        assert!(r.max_fds.is_some_and(|n| n >= r.open_fds.unwrap_or(0)), "{r:?}");
+        assert!(
+            r.max_fds.is_some_and(|n| n >= r.open_fds.unwrap_or(0)),
+            "{r:?}"
+        );
         assert!(r.resident_bytes.is_some_and(|b| b > 1 << 20), "{r:?}");
         assert!(r.cpu_seconds.is_some_and(|s| s >= 0.0), "{r:?}");
         assert!(
