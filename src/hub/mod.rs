@@ -5,6 +5,7 @@
 //! It also enforces the node-wide outbound bound: when all sessions' backlogs together exceed
 //! `HUB_NODE_QUEUE_BYTES`, the most-lagging sessions are dropped as slow consumers first.
 
+mod push;
 mod registry;
 
 use std::collections::{HashMap, HashSet};
@@ -15,6 +16,7 @@ use actix::dev::SendError;
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
+pub use push::{frame_cost, ChannelPushes, Control, Outbound, Push, PushKind, Pushes};
 use registry::Conn;
 pub use registry::{Registry, SubOutcome, UnsubOutcome};
 
@@ -22,7 +24,6 @@ use crate::auth::unix_micros;
 use crate::error::{EngineError, HubError};
 use crate::metrics::Metrics;
 use crate::protocol::Close;
-use crate::session::{frame_cost, ChannelPushes, Control, Outbound, Push, PushKind, Pushes};
 
 /// Most publications gathered before a flush, so a busy Hub never holds pushes back for long.
 const MAX_BATCH: usize = 64;

@@ -21,7 +21,9 @@ use actix_web::web::BytesMut;
 use actix_web_actors::ws::{CloseReason, Message as WsMessage, ProtocolError, WebsocketContext};
 use bytestring::ByteString;
 
-pub use outbound::{frame_cost, Frames, Metered, Outbound};
+// The Hub's messages, re-exported where sessions (and tests driving them) have always found them.
+pub use crate::hub::{frame_cost, ChannelPushes, Control, Outbound, Push, PushKind, Pushes};
+pub use outbound::{Frames, Metered};
 use rate::TokenBucket;
 
 use crate::app::AppState;
@@ -33,62 +35,6 @@ use crate::metrics::Source;
 use crate::protocol::client::FrameError;
 use crate::protocol::server::{Sender, ServerFrame};
 use crate::protocol::{parse_frame, ClientInfo, Close, Position, Request};
-
-/// A frame for one channel, routed by the Hub. Its bytes are shared by every subscriber.
-#[derive(Clone)]
-pub struct Push {
-    pub channel: Arc<str>,
-    pub kind: PushKind,
-    pub frame: ByteString,
-    /// What it counts in a session's backlog: the frame's size on the wire.
-    pub cost: usize,
-    /// The client a presence push is about, which does not get it.
-    pub skip: Option<Arc<str>>,
-}
-
-/// One channel's pushes from one Hub flush, in order, shared by all its local subscribers:
-/// fan-out costs one reference count per subscriber and flush, not one per push.
-pub struct ChannelPushes {
-    pub pushes: Vec<Push>,
-    /// The pushes' costs together: what the Hub reserves in each subscriber's backlog.
-    pub cost: usize,
-}
-
-impl ChannelPushes {
-    pub fn new(pushes: Vec<Push>) -> Self {
-        let cost = pushes.iter().map(|p| p.cost).sum();
-        ChannelPushes { pushes, cost }
-    }
-
-    /// How many of the pushes `client` gets (all but those about itself).
-    pub fn deliveries_to(&self, client: &str) -> u64 {
-        self.pushes
-            .iter()
-            .filter(|p| p.skip.as_deref() != Some(client))
-            .count() as u64
-    }
-}
-
-/// The pushes the Hub gathered for this session since its last flush, one batch per channel:
-/// one mailbox message and one wake-up for all of them, and the context writes them in one go.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Pushes(pub Vec<Arc<ChannelPushes>>);
-
-#[derive(Clone)]
-pub enum PushKind {
-    Message { offset: u64, epoch: Arc<str> },
-    Presence,
-}
-
-/// Orders from the node to a session.
-#[derive(Message, Debug, Clone)]
-#[rtype(result = "()")]
-pub enum Control {
-    Close(Close),
-    /// Publications of this channel may have been missed: fill any gap from history.
-    Resync(Arc<str>),
-}
 
 /// One channel's subscription as this session sees it.
 enum SubState {
