@@ -677,3 +677,607 @@ impl Subscriptions {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! PROTOCOL §2 "Rules", one behaviour each, driven through the events a session sees.
+    use super::*;
+    use serde_json::Value;
+
+    const ME: &str = "me";
+
+    fn subs() -> Subscriptions {
+        Subscriptions::new(Arc::from(ME), 8)
+    }
+
+    fn epoch(name: &str) -> Arc<str> {
+        Arc::from(name)
+    }
+
+    fn message_text(channel: &str, epoch: &str, offset: u64) -> String {
+        format!(r#"{{"type":"message","channel":"{channel}","offset":{offset},"epoch":"{epoch}"}}"#)
+    }
+
+    /// A `message` push as the Hub hands it on.
+    fn msg(channel: &str, epoch: &Arc<str>, offset: u64) -> Push {
+        let frame = ByteString::from(message_text(channel, epoch, offset));
+        Push {
+            channel: Arc::from(channel),
+            kind: PushKind::Message {
+                offset,
+                epoch: Arc::clone(epoch),
+            },
+            cost: frame.len(),
+            frame,
+            skip: None,
+        }
+    }
+
+    /// A `join` push about `client`.
+    fn join_of(channel: &str, client: &str) -> Push {
+        let frame = ByteString::from(format!(
+            r#"{{"type":"join","channel":"{channel}","client":"{client}"}}"#
+        ));
+        Push {
+            channel: Arc::from(channel),
+            kind: PushKind::Presence,
+            cost: frame.len(),
+            frame,
+            skip: Some(Arc::from(client)),
+        }
+    }
+
+    /// Publications as history or recovery hands them back.
+    fn publications(
+        channel: &str,
+        epoch: &str,
+        offsets: std::ops::RangeInclusive<u64>,
+    ) -> Vec<Message> {
+        offsets
+            .map(|o| {
+                let raw = serde_json::value::RawValue::from_string(message_text(channel, epoch, o));
+                Arc::from(raw.expect("valid JSON"))
+            })
+            .collect()
+    }
+
+    fn at(epoch: &str, offset: u64, recovered: Option<Vec<Message>>) -> Subscribed {
+        Subscribed {
+            position: Position {
+                offset,
+                epoch: epoch.to_owned(),
+            },
+            recovered,
+        }
+    }
+
+    fn page(epoch: &str, offset: u64, publications: Vec<Message>) -> HistoryPage {
+        HistoryPage {
+            position: Position {
+                offset,
+                epoch: epoch.to_owned(),
+            },
+            publications,
+        }
+    }
+
+    /// What the client would read from these actions, in order.
+    fn seen(actions: &[Action]) -> Vec<Value> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Write(text) => Some(text.to_string()),
+                Action::Deliver(push) => Some(push.frame.to_string()),
+                _ => None,
+            })
+            .map(|t| serde_json::from_str(&t).expect("frames are JSON"))
+            .collect()
+    }
+
+    /// The offsets of the `message` frames the client would read.
+    fn offsets(actions: &[Action]) -> Vec<u64> {
+        seen(actions)
+            .iter()
+            .filter(|f| f["type"] == "message")
+            .filter_map(|f| f["offset"].as_u64())
+            .collect()
+    }
+
+    /// The `subscribed` replies among the frames.
+    fn replies(actions: &[Action]) -> Vec<Value> {
+        seen(actions)
+            .into_iter()
+            .filter(|f| f["type"] == "subscribed")
+            .collect()
+    }
+
+    /// The engine call a subscribe asked for: (generation, register, read_from).
+    fn started(actions: &[Action]) -> (u64, bool, Option<Position>) {
+        match actions {
+            [Action::Subscribe {
+                generation,
+                register,
+                read_from,
+                ..
+            }] => (*generation, *register, read_from.clone()),
+            _ => panic!("expected exactly one engine call"),
+        }
+    }
+
+    fn errors(actions: &[Action]) -> Vec<(Option<u64>, HubError)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Error { id, error } => Some((*id, error.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn unregisters(actions: &[Action]) -> usize {
+        actions
+            .iter()
+            .filter(|a| matches!(a, Action::Unregister(_)))
+            .count()
+    }
+
+    fn released(actions: &[Action]) -> usize {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Release(cost) => Some(*cost),
+                _ => None,
+            })
+            .sum()
+    }
+
+    /// Runs a first subscribe through to its answer at (`epoch`, `offset`); returns the answer's actions.
+    fn subscribe_at(s: &mut Subscriptions, channel: &str, epoch: &str, offset: u64) -> Vec<Action> {
+        let (generation, register, _) = started(&s.subscribe(Some(1), channel, None));
+        assert!(register);
+        let joined = match s
+            .answered(
+                Some(1),
+                Arc::from(channel),
+                generation,
+                true,
+                Ok(at(epoch, offset, None)),
+            )
+            .pop()
+        {
+            Some(Action::Join { sub, .. }) => sub,
+            _ => panic!("a new subscription joins presence first"),
+        };
+        s.joined(Some(1), Arc::from(channel), generation, joined)
+    }
+
+    fn deliver(s: &mut Subscriptions, push: &Push) -> &'static str {
+        match s.on_push(push) {
+            PushOutcome::Deliver => "deliver",
+            PushOutcome::Drop => "drop",
+            PushOutcome::Held => "held",
+            PushOutcome::CatchUp(_) => "catch-up",
+        }
+    }
+
+    /// `subscribed` carries the channel's latest offset and epoch as the engine read them.
+    #[test]
+    fn subscribed_gives_the_latest_offset() {
+        let mut s = subs();
+        let out = subscribe_at(&mut s, "chat:a", "e1", 17);
+        let reply = &replies(&out)[0];
+        assert_eq!(reply["offset"], 17);
+        assert_eq!(reply["epoch"], "e1");
+        assert_eq!(reply["id"], 1);
+    }
+
+    /// No push reaches the client before its `subscribed` reply: pushes are held meanwhile.
+    #[test]
+    fn pushes_are_held_until_subscribed() {
+        let mut s = subs();
+        let e = epoch("e1");
+        let (generation, _, _) = started(&s.subscribe(Some(1), "chat:a", None));
+        assert_eq!(deliver(&mut s, &msg("chat:a", &e, 5)), "held");
+        let out = s.answered(
+            Some(1),
+            Arc::from("chat:a"),
+            generation,
+            true,
+            Ok(at("e1", 4, None)),
+        );
+        assert!(
+            seen(&out).is_empty(),
+            "nothing is written before presence is joined"
+        );
+        let Some(Action::Join { sub, .. }) = out.into_iter().next() else {
+            panic!("expected a join");
+        };
+        let out = s.joined(Some(1), Arc::from("chat:a"), generation, sub);
+        let frames = seen(&out);
+        assert_eq!(frames[0]["type"], "subscribed");
+        assert_eq!(offsets(&out), vec![5]);
+    }
+
+    /// Held pushes at or before the answer's offset are dropped (and released), the rest
+    /// written in order: pushes start at offset + 1.
+    #[test]
+    fn held_pushes_start_after_the_offset() {
+        let mut s = subs();
+        let e = epoch("e1");
+        let (generation, _, _) = started(&s.subscribe(Some(1), "chat:a", None));
+        for o in 3..=6 {
+            s.on_push(&msg("chat:a", &e, o));
+        }
+        let sub = at("e1", 4, None);
+        let out = s.joined(Some(1), Arc::from("chat:a"), generation, sub);
+        assert_eq!(offsets(&out), vec![5, 6]);
+        assert_eq!(released(&out), msg("chat:a", &e, 3).cost * 2);
+    }
+
+    /// After `subscribed`, a repeated or older push is dropped and the next one written.
+    #[test]
+    fn live_pushes_are_never_repeated() {
+        let mut s = subs();
+        let e = epoch("e1");
+        subscribe_at(&mut s, "chat:a", "e1", 4);
+        assert_eq!(deliver(&mut s, &msg("chat:a", &e, 4)), "drop");
+        assert_eq!(deliver(&mut s, &msg("chat:a", &e, 5)), "deliver");
+        assert_eq!(deliver(&mut s, &msg("chat:a", &e, 5)), "drop");
+        assert_eq!(deliver(&mut s, &msg("chat:a", &e, 3)), "drop");
+        assert_eq!(deliver(&mut s, &msg("chat:a", &e, 6)), "deliver");
+    }
+
+    /// A gap in the offsets holds pushes while history fills it: none missing, in order.
+    #[test]
+    fn a_gap_is_filled_from_history_before_later_pushes() {
+        let mut s = subs();
+        let e = epoch("e1");
+        subscribe_at(&mut s, "chat:a", "e1", 4);
+        let PushOutcome::CatchUp(read) = s.on_push(&msg("chat:a", &e, 7)) else {
+            panic!("a gap starts a catch-up");
+        };
+        assert_eq!(read.offset, 4);
+        assert_eq!(deliver(&mut s, &msg("chat:a", &e, 8)), "held");
+        let out = s.history_answered(
+            read,
+            Ok::<_, String>(page("e1", 7, publications("chat:a", "e1", 5..=7))),
+        );
+        assert_eq!(offsets(&out), vec![5, 6, 7, 8]);
+        assert_eq!(deliver(&mut s, &msg("chat:a", &e, 9)), "deliver");
+    }
+
+    /// A push of a new epoch is written even though its offset starts again, and offsets then
+    /// count in the new epoch.
+    #[test]
+    fn a_new_epoch_starts_the_offsets_again() {
+        let mut s = subs();
+        subscribe_at(&mut s, "chat:a", "e1", 40);
+        let e2 = epoch("e2");
+        assert_eq!(deliver(&mut s, &msg("chat:a", &e2, 1)), "deliver");
+        assert_eq!(deliver(&mut s, &msg("chat:a", &e2, 1)), "drop");
+        assert_eq!(deliver(&mut s, &msg("chat:a", &e2, 2)), "deliver");
+    }
+
+    /// A catch-up that finds a new epoch writes that life's history from its start.
+    #[test]
+    fn a_catch_up_into_a_new_epoch_writes_it_from_the_start() {
+        let mut s = subs();
+        subscribe_at(&mut s, "chat:a", "e1", 40);
+        let read = s
+            .resync(Arc::from("chat:a"))
+            .expect("an active subscription resyncs");
+        let out = s.history_answered(
+            read,
+            Ok::<_, String>(page("e2", 2, publications("chat:a", "e2", 1..=2))),
+        );
+        assert_eq!(offsets(&out), vec![1, 2]);
+        assert_eq!(deliver(&mut s, &msg("chat:a", &epoch("e2"), 2)), "drop");
+        assert_eq!(deliver(&mut s, &msg("chat:a", &epoch("e2"), 3)), "deliver");
+    }
+
+    /// `recovered:true` carries every missed publication, and pushes go on after them.
+    #[test]
+    fn recovery_carries_the_missed_publications() {
+        let mut s = subs();
+        let asked = Position {
+            offset: 2,
+            epoch: "e1".into(),
+        };
+        let (generation, _, read_from) =
+            started(&s.subscribe(Some(1), "chat:a", Some(asked.clone())));
+        assert_eq!(read_from, Some(asked));
+        let sub = at("e1", 4, Some(publications("chat:a", "e1", 3..=4)));
+        let out = s.joined(Some(1), Arc::from("chat:a"), generation, sub);
+        let reply = &replies(&out)[0];
+        assert_eq!(reply["recovered"], true);
+        let recovered: Vec<_> = reply["publications"]
+            .as_array()
+            .expect("publications")
+            .iter()
+            .map(|p| p["offset"].as_u64())
+            .collect();
+        assert_eq!(recovered, vec![Some(3), Some(4)]);
+        assert_eq!(deliver(&mut s, &msg("chat:a", &epoch("e1"), 5)), "deliver");
+    }
+
+    /// When the engine cannot recover, the reply says `recovered:false` with no publications.
+    #[test]
+    fn unrecoverable_gap_says_recovered_false() {
+        let mut s = subs();
+        let asked = Position {
+            offset: 2,
+            epoch: "old".into(),
+        };
+        let (generation, _, _) = started(&s.subscribe(Some(1), "chat:a", Some(asked)));
+        let out = s.joined(Some(1), Arc::from("chat:a"), generation, at("e1", 4, None));
+        let reply = &replies(&out)[0];
+        assert_eq!(reply["recovered"], false);
+        assert_eq!(reply["publications"], serde_json::json!([]));
+    }
+
+    /// A subscribe repeated while the first is pending waits for it, makes no second engine
+    /// call or registration, and gets the same answer.
+    #[test]
+    fn a_repeat_while_pending_shares_the_answer() {
+        let mut s = subs();
+        let (generation, _, _) = started(&s.subscribe(Some(1), "chat:a", None));
+        assert!(s.subscribe(Some(2), "chat:a", None).is_empty());
+        let out = s.joined(Some(1), Arc::from("chat:a"), generation, at("e1", 9, None));
+        let ids: Vec<_> = replies(&out).iter().map(|r| r["id"].clone()).collect();
+        assert_eq!(ids, vec![serde_json::json!(1), serde_json::json!(2)]);
+        assert!(replies(&out).iter().all(|r| r["offset"] == 9));
+    }
+
+    /// A repeat while pending that asked to recover from elsewhere cannot share the first
+    /// one's publications: it is told to reload.
+    #[test]
+    fn a_pending_repeat_with_another_recover_is_told_to_reload() {
+        let mut s = subs();
+        let asked = Position {
+            offset: 2,
+            epoch: "e1".into(),
+        };
+        let (generation, _, _) = started(&s.subscribe(Some(1), "chat:a", Some(asked)));
+        s.subscribe(Some(2), "chat:a", None);
+        let sub = at("e1", 4, Some(publications("chat:a", "e1", 3..=4)));
+        let out = s.joined(Some(1), Arc::from("chat:a"), generation, sub);
+        let r = replies(&out);
+        assert_eq!(r[0]["recovered"], true);
+        assert_eq!(r[1]["recovered"], false);
+        assert_eq!(r[1]["publications"], serde_json::json!([]));
+    }
+
+    /// A repeat of an active subscription reads from this session's own position without
+    /// registering again; what it missed goes out once and pushes go on without doubles.
+    #[test]
+    fn a_repeat_when_active_never_doubles_deliveries() {
+        let mut s = subs();
+        let e = epoch("e1");
+        subscribe_at(&mut s, "chat:a", "e1", 4);
+        assert_eq!(deliver(&mut s, &msg("chat:a", &e, 5)), "deliver");
+        let (generation, register, read_from) = started(&s.subscribe(Some(2), "chat:a", None));
+        assert!(!register, "a repeat is already registered");
+        assert_eq!(read_from.map(|p| p.offset), Some(5));
+        // 6 and 7 were published meanwhile; 6 is still on its way as a push.
+        assert_eq!(deliver(&mut s, &msg("chat:a", &e, 6)), "held");
+        let sub = at("e1", 7, Some(publications("chat:a", "e1", 6..=7)));
+        let out = s.answered(Some(2), Arc::from("chat:a"), generation, false, Ok(sub));
+        assert!(
+            !out.iter().any(|a| matches!(a, Action::Join { .. })),
+            "no second join"
+        );
+        assert_eq!(offsets(&out), vec![6, 7]);
+        assert_eq!(replies(&out)[0]["offset"], 7);
+        assert_eq!(replies(&out)[0]["recovered"], false);
+        assert_eq!(deliver(&mut s, &msg("chat:a", &e, 7)), "drop");
+        assert_eq!(deliver(&mut s, &msg("chat:a", &e, 8)), "deliver");
+    }
+
+    /// A repeat whose gap history cannot fill answers with this session's own position, so
+    /// the pushes still on their way arrive and none is skipped.
+    #[test]
+    fn a_repeat_with_an_unfillable_gap_keeps_its_own_position() {
+        let mut s = subs();
+        let e = epoch("e1");
+        subscribe_at(&mut s, "chat:a", "e1", 4);
+        let (generation, _, _) = started(&s.subscribe(Some(2), "chat:a", None));
+        let out = s.answered(
+            Some(2),
+            Arc::from("chat:a"),
+            generation,
+            false,
+            Ok(at("e1", 900, None)),
+        );
+        assert_eq!(replies(&out)[0]["offset"], 4);
+        assert_eq!(deliver(&mut s, &msg("chat:a", &e, 5)), "deliver");
+    }
+
+    /// A repeat that fails leaves the subscription as it was: still registered, pushes flowing.
+    #[test]
+    fn a_failed_repeat_keeps_the_subscription() {
+        let mut s = subs();
+        let e = epoch("e1");
+        subscribe_at(&mut s, "chat:a", "e1", 4);
+        let (generation, _, _) = started(&s.subscribe(Some(2), "chat:a", None));
+        assert_eq!(deliver(&mut s, &msg("chat:a", &e, 5)), "held");
+        let out = s.answered(
+            Some(2),
+            Arc::from("chat:a"),
+            generation,
+            false,
+            Err(HubError::unavailable("down")),
+        );
+        assert_eq!(unregisters(&out), 0);
+        assert_eq!(errors(&out).len(), 1);
+        assert_eq!(offsets(&out), vec![5]);
+        assert_eq!(deliver(&mut s, &msg("chat:a", &e, 6)), "deliver");
+    }
+
+    /// A first subscribe that fails takes back its Hub registration and drops what it held.
+    #[test]
+    fn a_failed_first_subscribe_unregisters() {
+        let mut s = subs();
+        let e = epoch("e1");
+        let (generation, _, _) = started(&s.subscribe(Some(1), "chat:a", None));
+        s.on_push(&msg("chat:a", &e, 5));
+        let out = s.answered(
+            Some(1),
+            Arc::from("chat:a"),
+            generation,
+            true,
+            Err(HubError::unavailable("down")),
+        );
+        assert_eq!(unregisters(&out), 1);
+        assert_eq!(released(&out), msg("chat:a", &e, 5).cost);
+        assert_eq!(deliver(&mut s, &msg("chat:a", &e, 6)), "drop");
+    }
+
+    /// Unsubscribing while the subscribe is pending: the late answer takes back the Hub
+    /// registration (it may have reached the Hub after the unsubscribe) and fails the request.
+    #[test]
+    fn unsubscribe_while_pending_fails_the_subscribe() {
+        let mut s = subs();
+        let (generation, _, _) = started(&s.subscribe(Some(1), "chat:a", None));
+        s.subscribe(Some(2), "chat:a", None);
+        let out = s.unsubscribe("chat:a");
+        assert_eq!(unregisters(&out), 1);
+        assert_eq!(
+            errors(&out).iter().map(|e| e.0).collect::<Vec<_>>(),
+            vec![Some(2)]
+        );
+        let out = s.answered(
+            Some(1),
+            Arc::from("chat:a"),
+            generation,
+            true,
+            Ok(at("e1", 1, None)),
+        );
+        assert_eq!(unregisters(&out), 1);
+        assert_eq!(
+            errors(&out).iter().map(|e| e.0).collect::<Vec<_>>(),
+            vec![Some(1)]
+        );
+        assert!(replies(&out).is_empty());
+    }
+
+    /// A stale answer after unsubscribe and a new subscribe leaves the new registration alone.
+    #[test]
+    fn a_stale_answer_keeps_a_newer_subscribe_registered() {
+        let mut s = subs();
+        let (first, _, _) = started(&s.subscribe(Some(1), "chat:a", None));
+        s.unsubscribe("chat:a");
+        let (second, _, _) = started(&s.subscribe(Some(2), "chat:a", None));
+        let out = s.answered(
+            Some(1),
+            Arc::from("chat:a"),
+            first,
+            true,
+            Ok(at("e1", 1, None)),
+        );
+        assert_eq!(unregisters(&out), 0);
+        assert!(matches!(
+            s.answered(
+                Some(2),
+                Arc::from("chat:a"),
+                second,
+                true,
+                Ok(at("e1", 1, None))
+            )
+            .as_slice(),
+            [Action::Join { .. }]
+        ));
+    }
+
+    /// Unsubscribed while joining presence: the subscribe is failed, not answered.
+    #[test]
+    fn unsubscribe_while_joining_fails_the_subscribe() {
+        let mut s = subs();
+        let (generation, _, _) = started(&s.subscribe(Some(1), "chat:a", None));
+        s.unsubscribe("chat:a");
+        let out = s.joined(Some(1), Arc::from("chat:a"), generation, at("e1", 1, None));
+        assert!(replies(&out).is_empty());
+        assert_eq!(errors(&out).len(), 1);
+    }
+
+    /// Join/leave pushes about this very session are not for it; the others' are.
+    #[test]
+    fn presence_pushes_about_self_are_dropped() {
+        let mut s = subs();
+        subscribe_at(&mut s, "chat:a", "e1", 0);
+        assert_eq!(deliver(&mut s, &join_of("chat:a", ME)), "drop");
+        assert_eq!(deliver(&mut s, &join_of("chat:a", "other")), "deliver");
+    }
+
+    /// A subscribe past `HUB_MAX_SUBSCRIPTIONS` is refused; a repeat of one held is not.
+    #[test]
+    fn subscriptions_are_capped_per_connection() {
+        let mut s = Subscriptions::new(Arc::from(ME), 1);
+        subscribe_at(&mut s, "chat:a", "e1", 0);
+        let out = s.subscribe(Some(2), "chat:b", None);
+        assert_eq!(
+            errors(&out)[0].1.code,
+            crate::error::ErrorCode::LimitExceeded
+        );
+        assert!(matches!(
+            s.subscribe(Some(3), "chat:a", None).as_slice(),
+            [Action::Subscribe { .. }]
+        ));
+    }
+
+    /// A catch-up whose history reads keep failing lets the held pushes go with the gap
+    /// after its retries, rather than holding them forever.
+    #[test]
+    fn a_failing_catch_up_lets_held_pushes_go() {
+        let mut s = subs();
+        let e = epoch("e1");
+        subscribe_at(&mut s, "chat:a", "e1", 4);
+        let PushOutcome::CatchUp(mut read) = s.on_push(&msg("chat:a", &e, 7)) else {
+            panic!("a gap starts a catch-up");
+        };
+        for _ in 1..CATCH_UP_ATTEMPTS {
+            let out = s.history_answered(read, Err("down"));
+            read = match out.into_iter().next() {
+                Some(Action::ReadHistory {
+                    read,
+                    delay: Some(_),
+                }) => read,
+                _ => panic!("a failed read is retried after a delay"),
+            };
+        }
+        let out = s.history_answered(read, Err("down"));
+        assert_eq!(offsets(&out), vec![7]);
+        assert_eq!(deliver(&mut s, &msg("chat:a", &e, 8)), "deliver");
+    }
+
+    /// A subscribe during a catch-up takes over its held pushes and decides which stay.
+    #[test]
+    fn a_repeat_during_a_catch_up_keeps_the_held_pushes() {
+        let mut s = subs();
+        let e = epoch("e1");
+        subscribe_at(&mut s, "chat:a", "e1", 4);
+        let PushOutcome::CatchUp(read) = s.on_push(&msg("chat:a", &e, 7)) else {
+            panic!("a gap starts a catch-up");
+        };
+        let (generation, _, read_from) = started(&s.subscribe(Some(2), "chat:a", None));
+        assert_eq!(read_from.map(|p| p.offset), Some(4));
+        // The abandoned catch-up's answer no longer counts.
+        assert!(s.history_answered(read, Err("late")).is_empty());
+        let sub = at("e1", 6, Some(publications("chat:a", "e1", 5..=6)));
+        let out = s.answered(Some(2), Arc::from("chat:a"), generation, false, Ok(sub));
+        assert_eq!(offsets(&out), vec![5, 6, 7]);
+    }
+
+    /// Unsubscribing stops pushes for the channel and leaves its presence.
+    #[test]
+    fn unsubscribe_stops_pushes_and_leaves() {
+        let mut s = subs();
+        subscribe_at(&mut s, "chat:a", "e1", 0);
+        let out = s.unsubscribe("chat:a");
+        assert!(matches!(
+            out.as_slice(),
+            [Action::Unregister(_), Action::Leave(_)]
+        ));
+        assert_eq!(deliver(&mut s, &msg("chat:a", &epoch("e1"), 1)), "drop");
+        assert!(s.unsubscribe("chat:a").is_empty());
+    }
+}
