@@ -4,10 +4,11 @@
 //! unsubscribes and goes; engine calls run as spawned futures, so a slow call never holds up
 //! pushes or other replies.
 //!
-//! Subscribing is gapless: the session registers with the Hub first and holds the channel's
-//! pushes while the engine reads the channel's position; after `subscribed` it writes the held
-//! pushes that come after that position and drops the rest.
+//! Subscribing is gapless: the rules (holding pushes while the position is read, recovery,
+//! repeats, catch-ups) live in [`subscription`], a plain state machine; this actor performs the
+//! actions it returns. A session needs only [`SessionHandles`], not the whole node state.
 
+mod handles;
 mod outbound;
 mod rate;
 pub mod subscription;
@@ -23,11 +24,11 @@ use bytestring::ByteString;
 
 // The Hub's messages, re-exported where sessions (and tests driving them) have always found them.
 pub use crate::hub::{frame_cost, ChannelPushes, Control, Outbound, Push, PushKind, Pushes};
+pub use handles::{SessionHandles, SessionSettings};
 pub use outbound::{Frames, Metered};
 use rate::TokenBucket;
 use subscription::{Action, HistoryRead, PushOutcome, Subscriptions};
 
-use crate::app::AppState;
 use crate::auth::{unix_seconds, AuthError, Identity, LEEWAY_S};
 use crate::engine::{PublishRequest, ENGINE_DEADLINE};
 use crate::error::HubError;
@@ -46,7 +47,8 @@ struct Fragments {
 pub struct WsSession {
     client: Arc<str>,
     identity: Identity,
-    app: Arc<AppState>,
+    /// The node's handles; shared by every session of the node.
+    app: Arc<SessionHandles>,
     /// Shared with the Hub (which counts pushes in) and the response stream (which counts out).
     outbound: Arc<Outbound>,
     /// Where this session's text frames are written; the response stream yields them.
@@ -69,14 +71,14 @@ impl WsSession {
     pub fn new(
         client: Arc<str>,
         identity: Identity,
-        app: Arc<AppState>,
+        app: Arc<SessionHandles>,
         outbound: Arc<Outbound>,
         frames: Frames,
     ) -> Self {
         let now = Instant::now();
         WsSession {
-            rate: TokenBucket::new(app.config.client_rate, now),
-            subs: Subscriptions::new(Arc::clone(&client), app.config.max_subscriptions),
+            rate: TokenBucket::new(app.settings.client_rate, now),
+            subs: Subscriptions::new(Arc::clone(&client), app.settings.max_subscriptions),
             client,
             identity,
             app,
@@ -267,11 +269,11 @@ impl WsSession {
                     client: Arc::clone(&self.client),
                     channel: channel.to_string(),
                 }),
-                Action::Leave(channel) => {
-                    self.app
-                        .engine
-                        .leave(&channel, &self.client, self.app.announces(&channel))
-                }
+                Action::Leave(channel) => self.app.engine.leave(
+                    &channel,
+                    &self.client,
+                    self.app.settings.announces(&channel),
+                ),
                 Action::ReadHistory { read, delay: None } => self.read_history(read, ctx),
                 Action::ReadHistory {
                     read,
@@ -341,7 +343,7 @@ impl WsSession {
         let joined = self
             .app
             .engine
-            .join(&channel, info, self.app.announces(&channel));
+            .join(&channel, info, self.app.settings.announces(&channel));
         ctx.spawn(joined.into_actor(self).map(move |joined, act, ctx| {
             if let Err(e) = joined {
                 // The subscription itself holds; presence catches up at the next heartbeat.
@@ -358,7 +360,7 @@ impl WsSession {
     /// One history read for a catch-up.
     fn read_history(&mut self, read: HistoryRead, ctx: &mut WebsocketContext<Self>) {
         let engine = Arc::clone(&self.app.engine);
-        let limit = self.app.config.history_size;
+        let limit = self.app.settings.history_size;
         let since = Position {
             offset: read.offset,
             epoch: read.epoch.to_string(),
@@ -402,7 +404,7 @@ impl WsSession {
                 client: self.client.to_string(),
             }),
         };
-        if let Err(e) = request.validate(self.app.config.max_publication_bytes) {
+        if let Err(e) = request.validate(self.app.settings.max_publication_bytes) {
             return self.reply_error(ctx, id, &e);
         }
         let engine = Arc::clone(&self.app.engine);
@@ -450,7 +452,7 @@ impl WsSession {
                 &HubError::forbidden(format!("no permission for the history of {channel}")),
             );
         }
-        let cap = self.app.config.history_size;
+        let cap = self.app.settings.history_size;
         let limit = limit.map_or(cap, |l| usize::try_from(l).unwrap_or(usize::MAX).min(cap));
         let engine = Arc::clone(&self.app.engine);
         let fut = async move {
@@ -532,7 +534,7 @@ impl WsSession {
     }
 
     fn on_fragment(&mut self, item: Item, ctx: &mut WebsocketContext<Self>) {
-        let max = self.app.config.max_frame_bytes;
+        let max = self.app.settings.max_frame_bytes;
         let (chunk, last) = match item {
             Item::FirstText(b) | Item::FirstBinary(b) if self.fragments.is_some() => {
                 drop(b);
@@ -597,7 +599,7 @@ impl Actor for WsSession {
     fn started(&mut self, ctx: &mut Self::Context) {
         // Pushes are bounded by bytes (see `Outbound`); the message count bound only keeps a
         // flood of tiny frames from growing the mailbox's own bookkeeping without limit.
-        ctx.set_mailbox_capacity((self.app.config.client_queue_bytes / 128).clamp(64, 16_384));
+        ctx.set_mailbox_capacity((self.app.settings.client_queue_bytes / 128).clamp(64, 16_384));
         let addr = ctx.address();
         self.app.hub.do_send(hub::Connect {
             client: Arc::clone(&self.client),
@@ -609,13 +611,13 @@ impl Actor for WsSession {
         let welcome = ServerFrame::Welcome {
             client: &self.client,
             user: &self.identity.user,
-            node: self.app.node_id(),
+            node: &self.app.settings.node_id,
             expires_at: self.identity.expires_at,
         }
         .encode();
         self.write(ctx, welcome);
         self.schedule_expiry(ctx);
-        let interval = self.app.config.ping_interval;
+        let interval = self.app.settings.ping_interval;
         ctx.run_interval(interval, move |act, ctx| {
             if act.last_heard.elapsed() > interval.saturating_mul(2) {
                 log::info!(
@@ -641,7 +643,7 @@ impl Drop for WsSession {
         for channel in self.subs.channels() {
             self.app
                 .engine
-                .leave(channel, &self.client, self.app.announces(channel));
+                .leave(channel, &self.client, self.app.settings.announces(channel));
         }
         self.app
             .engine
