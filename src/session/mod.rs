@@ -772,3 +772,121 @@ impl Actor for Refused {
 impl StreamHandler<Result<WsMessage, ProtocolError>> for Refused {
     fn handle(&mut self, _: Result<WsMessage, ProtocolError>, _: &mut Self::Context) {}
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_http::ws::{Codec, OpCode, Parser};
+    use actix_web::web::Bytes;
+    use futures_util::StreamExt;
+
+    use crate::auth::{mint_hs256, MintClaims, Verifier};
+    use crate::config::ServeArgs;
+    use crate::engine::memory::MemoryEngine;
+    use crate::hub::Hub;
+    use crate::metrics::Metrics;
+
+    /// A client frame as a browser sends it (masked).
+    fn client_text(text: &str) -> Bytes {
+        let mut buf = BytesMut::new();
+        Parser::write_message(&mut buf, text, OpCode::Text, true, true);
+        buf.freeze()
+    }
+
+    /// Reads the session's output into `seen` (decoded text frames) until one of type
+    /// `until` arrives; fails after 10 s.
+    async fn read_until<S, E>(
+        output: &mut S,
+        buf: &mut BytesMut,
+        seen: &mut Vec<serde_json::Value>,
+        until: &str,
+    ) where
+        S: futures_util::Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Debug,
+    {
+        let read = async {
+            while !seen.iter().any(|f| f["type"] == until) {
+                let Some(chunk) = output.next().await else {
+                    break;
+                };
+                buf.extend_from_slice(&chunk.expect("the session's output"));
+                while let Ok(Some((_, OpCode::Text, Some(payload)))) =
+                    Parser::parse(buf, false, 1 << 20)
+                {
+                    seen.push(serde_json::from_slice(&payload).expect("JSON frames"));
+                }
+            }
+        };
+        let arrived = tokio::time::timeout(Duration::from_secs(10), read).await;
+        assert!(arrived.is_ok(), "no {until} within 10 s: {seen:?}");
+    }
+
+    /// A session needs only its handles, not the node's whole state: one built from a real
+    /// Hub and memory engine in a unit test greets, subscribes and gets its own publication.
+    #[actix_rt::test]
+    async fn a_session_built_from_its_handles_subscribes_and_delivers() {
+        let config = ServeArgs::from_args(["realtime-hub", "--jwt-secret", "s"])
+            .and_then(ServeArgs::into_config)
+            .expect("the defaults are a valid config");
+        let metrics = Metrics::new();
+        let hub = Hub::new(config.node_queue_bytes, Arc::clone(&metrics)).start();
+        let engine = Arc::new(MemoryEngine::new(
+            hub.clone().recipient(),
+            config.history_size,
+            config.history_ttl,
+            config.dedup_window,
+        ));
+        let verifier = Arc::new(Verifier::new(&config).expect("an HS256 verifier"));
+        let chat = Some(vec!["chat:*".to_owned()]);
+        let token = mint_hs256(&MintClaims::new("alice", 60, chat.clone(), chat), b"s")
+            .expect("a signed token");
+        let identity = verifier.verify(&token).expect("a valid token");
+        let handles = Arc::new(SessionHandles {
+            engine,
+            hub,
+            verifier,
+            metrics,
+            settings: SessionSettings::from_config(&config),
+        });
+        let outbound = Outbound::new(config.client_queue_bytes);
+        let frames = Frames::default();
+        let session = WsSession::new(
+            Arc::from("c1"),
+            identity,
+            handles,
+            Arc::clone(&outbound),
+            frames.clone(),
+        );
+        // The input stays open (the sender is kept) so the session outlives its requests.
+        let (input, rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
+        let payload = futures_util::stream::unfold(rx, |mut rx| async move {
+            let next = rx.recv().await?;
+            Some((Ok::<_, actix_http::error::PayloadError>(next), rx))
+        });
+        let context = WebsocketContext::with_codec(session, payload, Codec::new());
+        let mut output = Metered::new(context, outbound, frames);
+        let send = |text: &str| {
+            input
+                .send(client_text(text))
+                .expect("the session reads its input")
+        };
+        let mut seen = Vec::new();
+        let mut buf = BytesMut::new();
+        send(r#"{"type":"subscribe","id":1,"channel":"chat:a"}"#);
+        read_until(&mut output, &mut buf, &mut seen, "subscribed").await;
+        send(r#"{"type":"publish","id":2,"channel":"chat:a","data":{"n":1}}"#);
+        read_until(&mut output, &mut buf, &mut seen, "message").await;
+        let types: Vec<_> = seen.iter().map(|f| f["type"].as_str()).collect();
+        assert_eq!(types[0], Some("welcome"));
+        let subscribed = seen
+            .iter()
+            .position(|f| f["type"] == "subscribed")
+            .expect("a subscribed reply");
+        let message = seen
+            .iter()
+            .position(|f| f["type"] == "message")
+            .expect("the publication");
+        assert!(subscribed < message, "no push before subscribed: {seen:?}");
+        assert_eq!(seen[message]["offset"], 1);
+    }
+}
