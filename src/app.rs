@@ -13,15 +13,17 @@ use crate::config::Config;
 use crate::engine::Engine;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::protocol::namespace;
+use crate::session::{SessionHandles, SessionSettings};
 
 pub struct AppState {
     pub config: Config,
     pub engine: Arc<dyn Engine>,
     pub hub: Addr<Hub>,
-    pub verifier: Verifier,
+    pub verifier: Arc<Verifier>,
     pub metrics: Arc<Metrics>,
     pub started: Instant,
+    /// The part of this state sessions get: each holds an `Arc` of it.
+    pub session: Arc<SessionHandles>,
     /// The Streams ingestion (Redis engine only): dead letters and `/api/info` figures (its
     /// readers count into `metrics` themselves). Stopped by the shutdown.
     pub streams: Option<Arc<Streams>>,
@@ -42,12 +44,21 @@ impl AppState {
             metrics.enable_redis();
             metrics.expect_streams(&config.streams);
         }
+        let verifier = Arc::new(verifier);
+        let session = Arc::new(SessionHandles {
+            engine: Arc::clone(&engine),
+            hub: hub.clone(),
+            verifier: Arc::clone(&verifier),
+            metrics: Arc::clone(&metrics),
+            settings: SessionSettings::from_config(&config),
+        });
         AppState {
             config,
             engine,
             hub,
             verifier,
             metrics,
+            session,
             started: Instant::now(),
             streams: None,
             draining: AtomicBool::new(false),
@@ -66,8 +77,7 @@ impl AppState {
 
     /// Whether `channel`'s namespace gets join/leave pushes.
     pub fn announces(&self, channel: &str) -> bool {
-        namespace(channel)
-            .is_some_and(|ns| self.config.join_leave_namespaces.iter().any(|n| n == ns))
+        self.session.settings.announces(channel)
     }
 
     pub fn is_draining(&self) -> bool {

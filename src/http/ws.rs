@@ -42,7 +42,7 @@ pub async fn upgrade(
             let session = WsSession::new(
                 client,
                 identity,
-                app.into_inner(),
+                Arc::clone(&app.session),
                 Arc::clone(&outbound),
                 frames.clone(),
             );

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use actix::Recipient;
 
-use crate::session::{Control, Outbound, Pushes};
+use super::push::{Control, Outbound, Pushes};
 
 /// What the Hub keeps of one local session.
 pub struct Conn {

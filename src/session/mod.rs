@@ -4,14 +4,15 @@
 //! unsubscribes and goes; engine calls run as spawned futures, so a slow call never holds up
 //! pushes or other replies.
 //!
-//! Subscribing is gapless: the session registers with the Hub first and holds the channel's
-//! pushes while the engine reads the channel's position; after `subscribed` it writes the held
-//! pushes that come after that position and drops the rest.
+//! Subscribing is gapless: the rules (holding pushes while the position is read, recovery,
+//! repeats, catch-ups) live in [`subscription`], a plain state machine; this actor performs the
+//! actions it returns. A session needs only [`SessionHandles`], not the whole node state.
 
+mod handles;
 mod outbound;
 mod rate;
+pub mod subscription;
 
-use rustc_hash::FxHashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,10 +22,13 @@ use actix_web::web::BytesMut;
 use actix_web_actors::ws::{CloseReason, Message as WsMessage, ProtocolError, WebsocketContext};
 use bytestring::ByteString;
 
-pub use outbound::{frame_cost, Frames, Metered, Outbound};
+// The Hub's messages, re-exported where sessions (and tests driving them) have always found them.
+pub use crate::hub::{frame_cost, ChannelPushes, Control, Outbound, Push, PushKind, Pushes};
+pub use handles::{SessionHandles, SessionSettings};
+pub use outbound::{Frames, Metered};
 use rate::TokenBucket;
+use subscription::{Action, HistoryRead, PushOutcome, Subscriptions};
 
-use crate::app::AppState;
 use crate::auth::{AuthError, Identity, LEEWAY_S};
 use crate::clock::unix_seconds;
 use crate::engine::{PublishRequest, ENGINE_DEADLINE};
@@ -35,101 +39,6 @@ use crate::protocol::client::FrameError;
 use crate::protocol::server::{Sender, ServerFrame};
 use crate::protocol::{parse_frame, ClientInfo, Close, Position, Request};
 
-/// A frame for one channel, routed by the Hub. Its bytes are shared by every subscriber.
-#[derive(Clone)]
-pub struct Push {
-    pub channel: Arc<str>,
-    pub kind: PushKind,
-    pub frame: ByteString,
-    /// What it counts in a session's backlog: the frame's size on the wire.
-    pub cost: usize,
-    /// The client a presence push is about, which does not get it.
-    pub skip: Option<Arc<str>>,
-}
-
-/// One channel's pushes from one Hub flush, in order, shared by all its local subscribers:
-/// fan-out costs one reference count per subscriber and flush, not one per push.
-pub struct ChannelPushes {
-    pub pushes: Vec<Push>,
-    /// The pushes' costs together: what the Hub reserves in each subscriber's backlog.
-    pub cost: usize,
-}
-
-impl ChannelPushes {
-    pub fn new(pushes: Vec<Push>) -> Self {
-        let cost = pushes.iter().map(|p| p.cost).sum();
-        ChannelPushes { pushes, cost }
-    }
-
-    /// How many of the pushes `client` gets (all but those about itself).
-    pub fn deliveries_to(&self, client: &str) -> u64 {
-        self.pushes
-            .iter()
-            .filter(|p| p.skip.as_deref() != Some(client))
-            .count() as u64
-    }
-}
-
-/// The pushes the Hub gathered for this session since its last flush, one batch per channel:
-/// one mailbox message and one wake-up for all of them, and the context writes them in one go.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Pushes(pub Vec<Arc<ChannelPushes>>);
-
-#[derive(Clone)]
-pub enum PushKind {
-    Message { offset: u64, epoch: Arc<str> },
-    Presence,
-}
-
-/// Orders from the node to a session.
-#[derive(Message, Debug, Clone)]
-#[rtype(result = "()")]
-pub enum Control {
-    Close(Close),
-    /// Publications of this channel may have been missed: fill any gap from history.
-    Resync(Arc<str>),
-}
-
-/// One channel's subscription as this session sees it.
-enum SubState {
-    /// Registered with the Hub, position not known yet: pushes are held.
-    Pending {
-        /// Tells this attempt from a later one for the same channel.
-        generation: u64,
-        held: Vec<Push>,
-        /// What the first `subscribe` asked to recover.
-        recover: Option<Position>,
-        /// Repeated `subscribe` requests that arrived meanwhile, with what each asked to
-        /// recover; each gets an answer when the first one's comes.
-        waiters: Vec<(Option<u64>, Option<Position>)>,
-        /// Set when this `subscribe` repeats one that was already through: what to go back
-        /// to if it fails.
-        resume: Option<Resume>,
-    },
-    /// Pushes flow; the last message written, to drop repeats and stale ones.
-    Active { epoch: Arc<str>, offset: u64 },
-    /// A gap showed after `offset` (or may have, after the node's Redis link came back):
-    /// pushes are held while history fills it.
-    CatchingUp {
-        generation: u64,
-        held: Vec<Push>,
-        epoch: Arc<str>,
-        offset: u64,
-    },
-}
-
-/// Where a repeated `subscribe` found its channel. The repeat does not register with the Hub
-/// or join presence again, so when it fails the subscription must go on from here: dropping
-/// it would leave the Hub registration and the presence entry behind, with every push
-/// dropped and `unsubscribe` unable to find them.
-struct Resume {
-    epoch: Arc<str>,
-    offset: u64,
-    /// A catch-up was under way (and was abandoned for the new subscribe): start it again.
-    catching_up: bool,
-}
-
 /// A message arriving in several frames.
 struct Fragments {
     buf: BytesMut,
@@ -139,15 +48,14 @@ struct Fragments {
 pub struct WsSession {
     client: Arc<str>,
     identity: Identity,
-    app: Arc<AppState>,
+    /// The node's handles; shared by every session of the node.
+    app: Arc<SessionHandles>,
     /// Shared with the Hub (which counts pushes in) and the response stream (which counts out).
     outbound: Arc<Outbound>,
     /// Where this session's text frames are written; the response stream yields them.
     frames: Frames,
-    /// Looked up for every push: FxHash rather than SipHash, safe here because the map holds
-    /// at most `HUB_MAX_SUBSCRIPTIONS` entries of this one connection.
-    subs: FxHashMap<Arc<str>, SubState>,
-    next_generation: u64,
+    /// Every channel's subscription state; the rules live there, this actor performs them.
+    subs: Subscriptions,
     rate: TokenBucket,
     /// Last time the peer showed it is alive (a pong or any frame).
     last_heard: Instant,
@@ -164,20 +72,19 @@ impl WsSession {
     pub fn new(
         client: Arc<str>,
         identity: Identity,
-        app: Arc<AppState>,
+        app: Arc<SessionHandles>,
         outbound: Arc<Outbound>,
         frames: Frames,
     ) -> Self {
         let now = Instant::now();
         WsSession {
-            rate: TokenBucket::new(app.config.client_rate, now),
+            rate: TokenBucket::new(app.settings.client_rate, now),
+            subs: Subscriptions::new(Arc::clone(&client), app.settings.max_subscriptions),
             client,
             identity,
             app,
             outbound,
             frames,
-            subs: FxHashMap::default(),
-            next_generation: 0,
             last_heard: now,
             expiry: None,
             fragments: None,
@@ -334,84 +241,71 @@ impl WsSession {
                 &HubError::forbidden(format!("no permission to subscribe to {channel}")),
             );
         }
-        let subscriptions = self.subs.len();
-        match self.subs.get_mut(channel.as_str()) {
-            Some(SubState::Pending { waiters, .. }) => {
-                waiters.push((id, recover));
-                return;
-            }
-            Some(_) => {}
-            None if subscriptions >= self.app.config.max_subscriptions => {
-                return self.reply_error(
-                    ctx,
+        let actions = self.subs.subscribe(id, &channel, recover);
+        self.perform(actions, ctx);
+    }
+
+    /// Carries out what the subscription rules decided.
+    fn perform(&mut self, actions: Vec<Action>, ctx: &mut WebsocketContext<Self>) {
+        for action in actions {
+            match action {
+                Action::Write(text) => self.write(ctx, text),
+                Action::Deliver(push) => self.frames.text(push.frame.as_bytes()),
+                Action::Release(cost) => self.outbound.release(cost),
+                Action::Error { id, error } => self.reply_error(ctx, id, &error),
+                Action::Subscribe {
                     id,
-                    &HubError::limit_exceeded(format!(
-                        "at most {} subscriptions per connection",
-                        self.app.config.max_subscriptions
-                    )),
-                );
+                    channel,
+                    generation,
+                    register,
+                    read_from,
+                } => self.start_subscribe(id, channel, generation, register, read_from, ctx),
+                Action::Join {
+                    id,
+                    channel,
+                    generation,
+                    sub,
+                } => self.join(id, channel, generation, sub, ctx),
+                Action::Unregister(channel) => self.app.hub.do_send(hub::Unsubscribe {
+                    client: Arc::clone(&self.client),
+                    channel: channel.to_string(),
+                }),
+                Action::Leave(channel) => self.app.engine.leave(
+                    &channel,
+                    &self.client,
+                    self.app.settings.announces(&channel),
+                ),
+                Action::ReadHistory { read, delay: None } => self.read_history(read, ctx),
+                Action::ReadHistory {
+                    read,
+                    delay: Some(wait),
+                } => {
+                    ctx.run_later(wait, move |act, ctx| act.read_history(read, ctx));
+                }
             }
-            None => {}
         }
-        self.next_generation += 1;
-        let generation = self.next_generation;
-        let key: Arc<str> = Arc::from(channel.as_str());
-        // Pushes held by a catch-up in progress move over; the new answer decides which stay.
-        let (held, resume) = match self.subs.remove(&*key) {
-            Some(SubState::CatchingUp {
-                held,
-                epoch,
-                offset,
-                ..
-            }) => (
-                held,
-                Some(Resume {
-                    epoch,
-                    offset,
-                    catching_up: true,
-                }),
-            ),
-            Some(SubState::Active { epoch, offset }) => (
-                Vec::new(),
-                Some(Resume {
-                    epoch,
-                    offset,
-                    catching_up: false,
-                }),
-            ),
-            _ => (Vec::new(), None),
-        };
-        // A new subscription registers with the Hub; a repeat already is.
-        let register = resume.is_none();
-        // A repeat that asks for nothing still reads from where this session stands: the
-        // answer gives the channel's latest offset, and what this session has not delivered
-        // yet (a publication still on its way, e.g. over Redis pub/sub) goes out as pushes
-        // ahead of it, so pushes go on after the answer's offset with none missed or doubled.
-        let read_from = match (&recover, &resume) {
-            (None, Some(r)) => Some(Position {
-                offset: r.offset,
-                epoch: r.epoch.to_string(),
-            }),
-            _ => recover.clone(),
-        };
-        self.subs.insert(
-            Arc::clone(&key),
-            SubState::Pending {
-                generation,
-                held,
-                recover: recover.clone(),
-                waiters: Vec::new(),
-                resume,
-            },
-        );
+    }
+
+    /// Registers with the Hub (for a new subscription), and only then, with the Hub routing
+    /// the channel to us, reads the position.
+    fn start_subscribe(
+        &mut self,
+        id: Option<u64>,
+        channel: Arc<str>,
+        generation: u64,
+        register: bool,
+        read_from: Option<Position>,
+        ctx: &mut WebsocketContext<Self>,
+    ) {
         let hub = self.app.hub.clone();
         let engine = Arc::clone(&self.app.engine);
         let client = Arc::clone(&self.client);
+        let name = Arc::clone(&channel);
         let fut = async move {
             if register {
                 let subscribe = hub.send(hub::Subscribe {
                     client,
-                    channel: channel.clone(),
+                    channel: name.to_string(),
                 });
                 match tokio::time::timeout(ENGINE_DEADLINE, subscribe).await {
                     Ok(Ok(Ok(_))) => {}
@@ -422,79 +316,26 @@ impl WsSession {
                     }
                 }
             }
-            // Only now, with the Hub routing the channel to us, is the position read.
             engine
-                .subscribe(&channel, read_from.as_ref())
+                .subscribe(&name, read_from.as_ref())
                 .await
                 .map_err(HubError::from)
         };
         ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| {
-            act.subscribed(id, key, generation, register, result, ctx)
+            let actions = act.subs.answered(id, channel, generation, register, result);
+            act.perform(actions, ctx)
         }));
     }
 
-    /// The engine answered a subscribe. On success the connection joins the channel's
-    /// presence first (when it is new to the channel), so that once `subscribed` is out,
-    /// presence queries anywhere list it.
-    fn subscribed(
+    /// Joins the channel's presence before the `subscribed` reply goes out.
+    fn join(
         &mut self,
         id: Option<u64>,
         channel: Arc<str>,
         generation: u64,
-        registered: bool,
-        result: Result<crate::engine::Subscribed, HubError>,
+        sub: crate::engine::Subscribed,
         ctx: &mut WebsocketContext<Self>,
     ) {
-        if !self.is_pending(&channel, generation) {
-            // Unsubscribed while the engine answered. Our Hub registration may have reached
-            // the Hub after the unsubscribe did: take it back, unless a newer subscribe to the
-            // same channel is using it.
-            if registered && !self.subs.contains_key(&*channel) {
-                self.app.hub.do_send(hub::Unsubscribe {
-                    client: Arc::clone(&self.client),
-                    channel: channel.to_string(),
-                });
-            }
-            return self.reply_error(
-                ctx,
-                id,
-                &HubError::bad_request("unsubscribed before the subscription completed"),
-            );
-        }
-        let sub = match result {
-            Ok(sub) => sub,
-            Err(error) => {
-                if let Some(SubState::Pending {
-                    held,
-                    waiters,
-                    resume,
-                    ..
-                }) = self.subs.remove(&*channel)
-                {
-                    for (waiter, _) in waiters {
-                        self.reply_error(ctx, waiter, &error);
-                    }
-                    match resume {
-                        Some(resume) => self.resume(Arc::clone(&channel), resume, held, ctx),
-                        None => {
-                            for push in held {
-                                self.outbound.release(push.cost);
-                            }
-                        }
-                    }
-                }
-                if registered {
-                    self.app.hub.do_send(hub::Unsubscribe {
-                        client: Arc::clone(&self.client),
-                        channel: channel.to_string(),
-                    });
-                }
-                return self.reply_error(ctx, id, &error);
-            }
-        };
-        if !registered {
-            return self.complete_subscribe(id, channel, generation, sub, ctx);
-        }
         let info = ClientInfo {
             client: self.client.to_string(),
             user: self.identity.user.clone(),
@@ -503,7 +344,7 @@ impl WsSession {
         let joined = self
             .app
             .engine
-            .join(&channel, info, self.app.announces(&channel));
+            .join(&channel, info, self.app.settings.announces(&channel));
         ctx.spawn(joined.into_actor(self).map(move |joined, act, ctx| {
             if let Err(e) = joined {
                 // The subscription itself holds; presence catches up at the next heartbeat.
@@ -512,293 +353,30 @@ impl WsSession {
                     "presence join failed"
                 );
             }
-            act.complete_subscribe(id, channel, generation, sub, ctx)
+            let actions = act.subs.joined(id, channel, generation, sub);
+            act.perform(actions, ctx)
         }));
     }
 
-    /// Goes back to the subscription a failed repeated `subscribe` found. The pushes held
-    /// meanwhile go through the usual checks (a gap among them starts a catch-up), and a
-    /// catch-up that was under way starts again.
-    fn resume(
-        &mut self,
-        channel: Arc<str>,
-        resume: Resume,
-        held: Vec<Push>,
-        ctx: &mut WebsocketContext<Self>,
-    ) {
-        if resume.catching_up {
-            return self.catch_up(channel, resume.epoch, resume.offset, held, ctx);
-        }
-        self.subs.insert(
-            channel,
-            SubState::Active {
-                epoch: resume.epoch,
-                offset: resume.offset,
-            },
-        );
-        for push in held {
-            self.on_push(&push, ctx);
-        }
-    }
-
-    fn is_pending(&self, channel: &str, generation: u64) -> bool {
-        matches!(self.subs.get(channel), Some(SubState::Pending { generation: g, .. }) if *g == generation)
-    }
-
-    /// Answers a subscribe (and the repeats that waited on it), then writes the held pushes
-    /// that come after the answer's position and lets pushes flow.
-    fn complete_subscribe(
-        &mut self,
-        id: Option<u64>,
-        channel: Arc<str>,
-        generation: u64,
-        sub: crate::engine::Subscribed,
-        ctx: &mut WebsocketContext<Self>,
-    ) {
-        let (held, waiters, asked, resume) = match self.subs.get_mut(&*channel) {
-            Some(SubState::Pending {
-                generation: g,
-                held,
-                recover,
-                waiters,
-                resume,
-            }) if *g == generation => (
-                std::mem::take(held),
-                std::mem::take(waiters),
-                recover.take(),
-                resume.take(),
-            ),
-            // Unsubscribed while joining presence: the leave was queued after the join.
-            _ => {
-                return self.reply_error(
-                    ctx,
-                    id,
-                    &HubError::bad_request("unsubscribed before the subscription completed"),
-                )
-            }
-        };
-        if let (None, Some(mut resume)) = (&asked, resume) {
-            if *resume.epoch == *sub.position.epoch {
-                // A repeat that asked for nothing, in the same life of the channel: what the
-                // engine read after this session's own position goes out as pushes and the
-                // answer gives the latest offset. When history no longer holds all of that gap
-                // (more than a history's worth still on its way), the answer gives this
-                // session's own position instead, so that what is in transit still arrives.
-                // Either way the subscription goes on as before the repeat.
-                if let Some(frames) = sub.recovered {
-                    for frame in frames {
-                        if message_offset(&frame).is_some_and(|o| o > resume.offset) {
-                            self.write(ctx, ByteString::from(frame.get().to_owned()));
-                        }
-                    }
-                    resume = Resume {
-                        epoch: resume.epoch,
-                        offset: sub.position.offset,
-                        catching_up: false,
-                    };
-                }
-                let answers = std::iter::once(id).chain(waiters.into_iter().map(|(w, _)| w));
-                for waiter in answers {
-                    let text = ServerFrame::Subscribed {
-                        id: waiter,
-                        channel: &channel,
-                        offset: resume.offset,
-                        epoch: &resume.epoch,
-                        recovered: false,
-                        publications: &[],
-                    }
-                    .encode();
-                    self.write(ctx, text);
-                }
-                return self.resume(channel, resume, held, ctx);
-            }
-        }
-        // A repeat in a new life of the channel cannot have recovered anything either.
-        let recovered = sub.recovered.is_some();
-        let publications = sub.recovered.unwrap_or_default();
-        let answers = std::iter::once((id, asked.clone())).chain(waiters);
-        for (waiter, wanted) in answers {
-            // A repeated subscribe that asked to recover from elsewhere cannot share the first
-            // one's publications: it is told to reload instead.
-            let same = wanted == asked;
-            let frame = ServerFrame::Subscribed {
-                id: waiter,
-                channel: &channel,
-                offset: sub.position.offset,
-                epoch: &sub.position.epoch,
-                recovered: recovered && same,
-                publications: if same { &publications } else { &[] },
-            };
-            let text = frame.encode();
-            self.write(ctx, text);
-        }
-        let mut epoch: Arc<str> = Arc::from(sub.position.epoch.as_str());
-        let mut offset = sub.position.offset;
-        for push in held {
-            match &push.kind {
-                PushKind::Message {
-                    offset: o,
-                    epoch: e,
-                } if **e == *epoch && *o <= offset => {
-                    self.outbound.release(push.cost);
-                    continue;
-                }
-                PushKind::Message {
-                    offset: o,
-                    epoch: e,
-                } => {
-                    epoch = Arc::clone(e);
-                    offset = *o;
-                }
-                PushKind::Presence => {}
-            }
-            self.frames.text(push.frame.as_bytes());
-        }
-        self.subs
-            .insert(Arc::clone(&channel), SubState::Active { epoch, offset });
-    }
-
-    /// Holds the channel's pushes and writes what history has after `offset` first, so the
-    /// client still sees every offset once, in order. A gap history cannot fill stays visible
-    /// in the offsets, and the client recovers as after `recovered:false`.
-    fn catch_up(
-        &mut self,
-        channel: Arc<str>,
-        epoch: Arc<str>,
-        offset: u64,
-        held: Vec<Push>,
-        ctx: &mut WebsocketContext<Self>,
-    ) {
-        self.next_generation += 1;
-        let generation = self.next_generation;
-        self.subs.insert(
-            Arc::clone(&channel),
-            SubState::CatchingUp {
-                generation,
-                held,
-                epoch: Arc::clone(&epoch),
-                offset,
-            },
-        );
-        self.catch_up_attempt(channel, epoch, offset, generation, 0, ctx);
-    }
-
-    /// One history read for a catch-up. A failed read (the engine's link may just be coming
-    /// back) is retried a few times with backoff while the pushes stay held; after that the
-    /// held pushes go out as they are and the client sees the gap in the offsets.
-    fn catch_up_attempt(
-        &mut self,
-        channel: Arc<str>,
-        epoch: Arc<str>,
-        offset: u64,
-        generation: u64,
-        attempt: u32,
-        ctx: &mut WebsocketContext<Self>,
-    ) {
-        const ATTEMPTS: u32 = 5;
+    /// One history read for a catch-up.
+    fn read_history(&mut self, read: HistoryRead, ctx: &mut WebsocketContext<Self>) {
         let engine = Arc::clone(&self.app.engine);
-        let limit = self.app.config.history_size;
+        let limit = self.app.settings.history_size;
         let since = Position {
-            offset,
-            epoch: epoch.to_string(),
+            offset: read.offset,
+            epoch: read.epoch.to_string(),
         };
-        let name = Arc::clone(&channel);
+        let name = Arc::clone(&read.channel);
         let fut = async move { engine.history(&name, limit, Some(&since)).await };
         ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| {
-            let current = matches!(
-                act.subs.get(&*channel),
-                Some(SubState::CatchingUp { generation: g, .. }) if *g == generation
-            );
-            if !current {
-                return;
-            }
-            let (mut epoch, mut offset) = (epoch, offset);
-            match result {
-                Ok(page) => {
-                    if *page.position.epoch != *epoch {
-                        // A new life of the channel: its offsets start again at 1.
-                        epoch = Arc::from(page.position.epoch.as_str());
-                        offset = 0;
-                    }
-                    for frame in &page.publications {
-                        let Some(o) = message_offset(frame) else {
-                            continue;
-                        };
-                        if o <= offset {
-                            continue;
-                        }
-                        act.write(ctx, ByteString::from(frame.get().to_owned()));
-                        offset = o;
-                    }
-                }
-                Err(e) if attempt + 1 < ATTEMPTS => {
-                    let wait = Duration::from_millis(200 << attempt);
-                    log::debug!(
-                        client = &*act.client, channel = &*channel, error:% = e, retry_in_ms = wait.as_millis() as u64;
-                        "history read for a catch-up failed; retrying"
-                    );
-                    ctx.run_later(wait, move |act, ctx| {
-                        act.catch_up_attempt(channel, epoch, offset, generation, attempt + 1, ctx)
-                    });
-                    return;
-                }
-                Err(e) => log::warn!(
-                    client = &*act.client, channel = &*channel, error:% = e;
-                    "cannot fill a gap from history"
-                ),
-            }
-            let held = match act.subs.get_mut(&*channel) {
-                Some(SubState::CatchingUp { held, .. }) => std::mem::take(held),
-                _ => Vec::new(),
-            };
-            for push in held {
-                if let PushKind::Message {
-                    offset: o,
-                    epoch: e,
-                } = &push.kind
-                {
-                    if **e == *epoch && *o <= offset {
-                        act.outbound.release(push.cost);
-                        continue;
-                    }
-                    epoch = Arc::clone(e);
-                    offset = *o;
-                }
-                act.frames.text(push.frame.as_bytes());
-            }
-            act.subs.insert(channel, SubState::Active { epoch, offset });
+            let actions = act.subs.history_answered(read, result);
+            act.perform(actions, ctx)
         }));
     }
 
     fn unsubscribe(&mut self, channel: &str, ctx: &mut WebsocketContext<Self>) {
-        let Some(state) = self.subs.remove(channel) else {
-            return;
-        };
-        match state {
-            SubState::Pending { held, waiters, .. } => {
-                for push in held {
-                    self.outbound.release(push.cost);
-                }
-                // The first request is answered when the engine's answer comes; these now.
-                let error = HubError::bad_request("unsubscribed before the subscription completed");
-                for (waiter, _) in waiters {
-                    self.reply_error(ctx, waiter, &error);
-                }
-            }
-            SubState::CatchingUp { held, .. } => {
-                for push in held {
-                    self.outbound.release(push.cost);
-                }
-            }
-            SubState::Active { .. } => {}
-        }
-        self.app.hub.do_send(hub::Unsubscribe {
-            client: Arc::clone(&self.client),
-            channel: channel.to_owned(),
-        });
-        self.app
-            .engine
-            .leave(channel, &self.client, self.app.announces(channel));
+        let actions = self.subs.unsubscribe(channel);
+        self.perform(actions, ctx);
     }
 
     fn publish(
@@ -827,7 +405,7 @@ impl WsSession {
                 client: self.client.to_string(),
             }),
         };
-        if let Err(e) = request.validate(self.app.config.max_publication_bytes) {
+        if let Err(e) = request.validate(self.app.settings.max_publication_bytes) {
             return self.reply_error(ctx, id, &e);
         }
         let engine = Arc::clone(&self.app.engine);
@@ -875,7 +453,7 @@ impl WsSession {
                 &HubError::forbidden(format!("no permission for the history of {channel}")),
             );
         }
-        let cap = self.app.config.history_size;
+        let cap = self.app.settings.history_size;
         let limit = limit.map_or(cap, |l| usize::try_from(l).unwrap_or(usize::MAX).min(cap));
         let engine = Arc::clone(&self.app.engine);
         let fut = async move {
@@ -957,7 +535,7 @@ impl WsSession {
     }
 
     fn on_fragment(&mut self, item: Item, ctx: &mut WebsocketContext<Self>) {
-        let max = self.app.config.max_frame_bytes;
+        let max = self.app.settings.max_frame_bytes;
         let (chunk, last) = match item {
             Item::FirstText(b) | Item::FirstBinary(b) if self.fragments.is_some() => {
                 drop(b);
@@ -1016,24 +594,13 @@ fn is_peer_gone(e: &std::io::Error) -> bool {
     ENDED.with(|ended| e.to_string() == *ended)
 }
 
-/// The offset of an encoded `message` frame (read without parsing the rest of it).
-fn message_offset(frame: &crate::protocol::Message) -> Option<u64> {
-    #[derive(serde::Deserialize)]
-    struct OffsetOnly {
-        offset: u64,
-    }
-    serde_json::from_str::<OffsetOnly>(frame.get())
-        .ok()
-        .map(|m| m.offset)
-}
-
 impl Actor for WsSession {
     type Context = WebsocketContext<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
         // Pushes are bounded by bytes (see `Outbound`); the message count bound only keeps a
         // flood of tiny frames from growing the mailbox's own bookkeeping without limit.
-        ctx.set_mailbox_capacity((self.app.config.client_queue_bytes / 128).clamp(64, 16_384));
+        ctx.set_mailbox_capacity((self.app.settings.client_queue_bytes / 128).clamp(64, 16_384));
         let addr = ctx.address();
         self.app.hub.do_send(hub::Connect {
             client: Arc::clone(&self.client),
@@ -1045,13 +612,13 @@ impl Actor for WsSession {
         let welcome = ServerFrame::Welcome {
             client: &self.client,
             user: &self.identity.user,
-            node: self.app.node_id(),
+            node: &self.app.settings.node_id,
             expires_at: self.identity.expires_at,
         }
         .encode();
         self.write(ctx, welcome);
         self.schedule_expiry(ctx);
-        let interval = self.app.config.ping_interval;
+        let interval = self.app.settings.ping_interval;
         ctx.run_interval(interval, move |act, ctx| {
             if act.last_heard.elapsed() > interval.saturating_mul(2) {
                 log::info!(
@@ -1074,10 +641,10 @@ impl Drop for WsSession {
     /// Cleanup lives here rather than in `stopped`: when the connection dies, the HTTP
     /// dispatcher drops the context, and only `Drop` is sure to run for every session.
     fn drop(&mut self) {
-        for channel in self.subs.keys() {
+        for channel in self.subs.channels() {
             self.app
                 .engine
-                .leave(channel, &self.client, self.app.announces(channel));
+                .leave(channel, &self.client, self.app.settings.announces(channel));
         }
         self.app
             .engine
@@ -1110,43 +677,14 @@ impl Handler<Pushes> for WsSession {
 
 impl WsSession {
     fn on_push(&mut self, push: &Push, ctx: &mut WebsocketContext<Self>) {
-        if self.closing || push.skip.as_deref() == Some(&*self.client) {
-            // A presence push about this very session: the others get it.
+        if self.closing {
             return self.outbound.release(push.cost);
         }
-        let Some(state) = self.subs.get_mut(&*push.channel) else {
-            // Unsubscribed while this push was on its way.
-            return self.outbound.release(push.cost);
-        };
-        match state {
-            SubState::Pending { held, .. } | SubState::CatchingUp { held, .. } => {
-                held.push(push.clone())
-            }
-            SubState::Active { epoch, offset } => {
-                if let PushKind::Message {
-                    offset: o,
-                    epoch: e,
-                } = &push.kind
-                {
-                    // Engines share one epoch Arc per channel life: pointers usually decide.
-                    if Arc::ptr_eq(e, epoch) || **e == **epoch {
-                        if *o <= *offset {
-                            return self.outbound.release(push.cost);
-                        }
-                        if *o > *offset + 1 {
-                            // Only a lost link between nodes makes a gap; history fills it.
-                            let (epoch, offset) = (Arc::clone(epoch), *offset);
-                            let channel = Arc::clone(&push.channel);
-                            return self.catch_up(channel, epoch, offset, vec![push.clone()], ctx);
-                        }
-                    }
-                    if !Arc::ptr_eq(e, epoch) {
-                        *epoch = Arc::clone(e);
-                    }
-                    *offset = *o;
-                }
-                self.frames.text(push.frame.as_bytes());
-            }
+        match self.subs.on_push(push) {
+            PushOutcome::Deliver => self.frames.text(push.frame.as_bytes()),
+            PushOutcome::Drop => self.outbound.release(push.cost),
+            PushOutcome::Held => {}
+            PushOutcome::CatchUp(read) => self.read_history(read, ctx),
         }
     }
 }
@@ -1158,9 +696,8 @@ impl Handler<Control> for WsSession {
         match msg {
             Control::Close(close) => self.close(ctx, close),
             Control::Resync(channel) => {
-                if let Some(SubState::Active { epoch, offset }) = self.subs.get(&*channel) {
-                    let (epoch, offset) = (Arc::clone(epoch), *offset);
-                    self.catch_up(channel, epoch, offset, Vec::new(), ctx);
+                if let Some(read) = self.subs.resync(channel) {
+                    self.read_history(read, ctx);
                 }
             }
         }
@@ -1235,4 +772,122 @@ impl Actor for Refused {
 
 impl StreamHandler<Result<WsMessage, ProtocolError>> for Refused {
     fn handle(&mut self, _: Result<WsMessage, ProtocolError>, _: &mut Self::Context) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_http::ws::{Codec, OpCode, Parser};
+    use actix_web::web::Bytes;
+    use futures_util::StreamExt;
+
+    use crate::auth::{mint_hs256, MintClaims, Verifier};
+    use crate::config::ServeArgs;
+    use crate::engine::memory::MemoryEngine;
+    use crate::hub::Hub;
+    use crate::metrics::Metrics;
+
+    /// A client frame as a browser sends it (masked).
+    fn client_text(text: &str) -> Bytes {
+        let mut buf = BytesMut::new();
+        Parser::write_message(&mut buf, text, OpCode::Text, true, true);
+        buf.freeze()
+    }
+
+    /// Reads the session's output into `seen` (decoded text frames) until one of type
+    /// `until` arrives; fails after 10 s.
+    async fn read_until<S, E>(
+        output: &mut S,
+        buf: &mut BytesMut,
+        seen: &mut Vec<serde_json::Value>,
+        until: &str,
+    ) where
+        S: futures_util::Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Debug,
+    {
+        let read = async {
+            while !seen.iter().any(|f| f["type"] == until) {
+                let Some(chunk) = output.next().await else {
+                    break;
+                };
+                buf.extend_from_slice(&chunk.expect("the session's output"));
+                while let Ok(Some((_, OpCode::Text, Some(payload)))) =
+                    Parser::parse(buf, false, 1 << 20)
+                {
+                    seen.push(serde_json::from_slice(&payload).expect("JSON frames"));
+                }
+            }
+        };
+        let arrived = tokio::time::timeout(Duration::from_secs(10), read).await;
+        assert!(arrived.is_ok(), "no {until} within 10 s: {seen:?}");
+    }
+
+    /// A session needs only its handles, not the node's whole state: one built from a real
+    /// Hub and memory engine in a unit test greets, subscribes and gets its own publication.
+    #[actix_rt::test]
+    async fn a_session_built_from_its_handles_subscribes_and_delivers() {
+        let config = ServeArgs::from_args(["realtime-hub", "--jwt-secret", "s"])
+            .and_then(ServeArgs::into_config)
+            .expect("the defaults are a valid config");
+        let metrics = Metrics::new();
+        let hub = Hub::new(config.node_queue_bytes, Arc::clone(&metrics)).start();
+        let engine = Arc::new(MemoryEngine::new(
+            hub.clone().recipient(),
+            config.history_size,
+            config.history_ttl,
+            config.dedup_window,
+        ));
+        let verifier = Arc::new(Verifier::new(&config).expect("an HS256 verifier"));
+        let chat = Some(vec!["chat:*".to_owned()]);
+        let token = mint_hs256(&MintClaims::new("alice", 60, chat.clone(), chat), b"s")
+            .expect("a signed token");
+        let identity = verifier.verify(&token).expect("a valid token");
+        let handles = Arc::new(SessionHandles {
+            engine,
+            hub,
+            verifier,
+            metrics,
+            settings: SessionSettings::from_config(&config),
+        });
+        let outbound = Outbound::new(config.client_queue_bytes);
+        let frames = Frames::default();
+        let session = WsSession::new(
+            Arc::from("c1"),
+            identity,
+            handles,
+            Arc::clone(&outbound),
+            frames.clone(),
+        );
+        // The input stays open (the sender is kept) so the session outlives its requests.
+        let (input, rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
+        let payload = futures_util::stream::unfold(rx, |mut rx| async move {
+            let next = rx.recv().await?;
+            Some((Ok::<_, actix_http::error::PayloadError>(next), rx))
+        });
+        let context = WebsocketContext::with_codec(session, payload, Codec::new());
+        let mut output = Metered::new(context, outbound, frames);
+        let send = |text: &str| {
+            input
+                .send(client_text(text))
+                .expect("the session reads its input")
+        };
+        let mut seen = Vec::new();
+        let mut buf = BytesMut::new();
+        send(r#"{"type":"subscribe","id":1,"channel":"chat:a"}"#);
+        read_until(&mut output, &mut buf, &mut seen, "subscribed").await;
+        send(r#"{"type":"publish","id":2,"channel":"chat:a","data":{"n":1}}"#);
+        read_until(&mut output, &mut buf, &mut seen, "message").await;
+        let types: Vec<_> = seen.iter().map(|f| f["type"].as_str()).collect();
+        assert_eq!(types[0], Some("welcome"));
+        let subscribed = seen
+            .iter()
+            .position(|f| f["type"] == "subscribed")
+            .expect("a subscribed reply");
+        let message = seen
+            .iter()
+            .position(|f| f["type"] == "message")
+            .expect("the publication");
+        assert!(subscribed < message, "no push before subscribed: {seen:?}");
+        assert_eq!(seen[message]["offset"], 1);
+    }
 }
