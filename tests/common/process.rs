@@ -71,8 +71,13 @@ impl Lines {
         }
     }
 
+    /// Waits for the pipe to end (the process exited) and returns everything written.
+    pub fn all_after_exit(&self) -> String {
+        self.lines_after_exit().join("\n")
+    }
+
     /// Waits for the pipe to end (the process exited) and returns every line written.
-    pub fn all_after_exit(&self) -> Vec<String> {
+    pub fn lines_after_exit(&self) -> Vec<String> {
         let deadline = Instant::now() + WAIT;
         let mut captured = self.shared.captured.lock().expect("lines lock");
         while !captured.ended && Instant::now() < deadline {
@@ -118,11 +123,11 @@ pub fn hub_command(envs: &[(&str, &str)]) -> Command {
 }
 
 /// The address in the hub's own start line, logged once its socket listens: in text
-/// (`... address=<addr> engine=<engine> listening`) or JSON (`"message":"listening"`). Not
+/// (`... address=<addr> engine=<engine> listening`) or JSON (`"msg":"listening"`). Not
 /// actix-server's `listening on`, whose wording is actix's to change.
 pub fn listening_address(line: &str) -> Option<SocketAddr> {
     if let Ok(json) = serde_json::from_str::<serde_json::Value>(line) {
-        if json["message"] != "listening" {
+        if json["msg"] != "listening" {
             return None;
         }
         return json["address"].as_str()?.parse().ok();
@@ -271,7 +276,7 @@ impl HubProcess {
     pub fn stop_and_collect(mut self) -> Vec<String> {
         self.signal("TERM");
         let _ = self.child.wait();
-        self.stderr.all_after_exit()
+        self.stderr.lines_after_exit()
     }
 
     /// Asserts that the process is still running and never panicked.
@@ -313,7 +318,7 @@ pub fn fails_to_start(envs: &[(&str, &str)]) -> String {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    let stderr = spawned.stderr.all_after_exit().join("\n");
+    let stderr = spawned.stderr.all_after_exit();
     assert!(!status.success(), "exit status {status}; stderr:\n{stderr}");
     assert!(
         !stderr.contains("panicked"),
