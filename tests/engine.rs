@@ -229,11 +229,22 @@ async fn history_without_since_gives_the_newest_oldest_first(make: Make) {
 /// `history` with `since` gives the first `limit` publications after it.
 async fn history_since_gives_what_follows_it(make: Make) {
     let u = make(Settings::default());
-    let epoch = publish_n(&*u.engine, "h", 6).await[0].position.epoch.clone();
+    let epoch = publish_n(&*u.engine, "h", 6).await[0]
+        .position
+        .epoch
+        .clone();
     let since = Position { offset: 2, epoch };
-    let page = u.engine.history("h", 3, Some(&since)).await.expect("history");
+    let page = u
+        .engine
+        .history("h", 3, Some(&since))
+        .await
+        .expect("history");
     assert_eq!(offsets_of(&page.publications), [3, 4, 5]);
-    let page = u.engine.history("h", 10, Some(&since)).await.expect("history");
+    let page = u
+        .engine
+        .history("h", 10, Some(&since))
+        .await
+        .expect("history");
     assert_eq!(offsets_of(&page.publications), [3, 4, 5, 6]);
 }
 
@@ -266,7 +277,11 @@ async fn a_since_from_another_epoch_gives_the_newest(make: Make) {
         offset: 1,
         epoch: "another-epoch".into(),
     };
-    let page = u.engine.history("h", 2, Some(&since)).await.expect("history");
+    let page = u
+        .engine
+        .history("h", 2, Some(&since))
+        .await
+        .expect("history");
     assert_eq!(offsets_of(&page.publications), [3, 4]);
 }
 
@@ -289,7 +304,11 @@ async fn subscribe_recovers_every_publication_after_the_given_offset(make: Make)
         offset: 2,
         epoch: published[0].position.epoch.clone(),
     };
-    let s = u.engine.subscribe("r", Some(&from)).await.expect("subscribe");
+    let s = u
+        .engine
+        .subscribe("r", Some(&from))
+        .await
+        .expect("subscribe");
     let recovered = s.recovered.expect("recovered");
     assert_eq!(offsets_of(&recovered), [3, 4, 5]);
     assert_eq!(s.position, published[4].position);
@@ -303,7 +322,11 @@ async fn subscribe_does_not_recover_from_another_epoch(make: Make) {
         offset: 1,
         epoch: "another-epoch".into(),
     };
-    let s = u.engine.subscribe("r", Some(&from)).await.expect("subscribe");
+    let s = u
+        .engine
+        .subscribe("r", Some(&from))
+        .await
+        .expect("subscribe");
     assert!(s.recovered.is_none(), "{:?}", s.recovered);
     assert_eq!(s.position.offset, 3);
 }
@@ -319,14 +342,19 @@ async fn subscribe_does_not_recover_a_gap_history_no_longer_holds(make: Make) {
         offset: 1,
         epoch: published[0].position.epoch.clone(),
     };
-    let s = u.engine.subscribe("r", Some(&from)).await.expect("subscribe");
+    let s = u
+        .engine
+        .subscribe("r", Some(&from))
+        .await
+        .expect("subscribe");
     assert!(s.recovered.is_none(), "{:?}", s.recovered);
     // From offset 3, history (4, 5, 6) holds all of the gap.
-    let from = Position {
-        offset: 3,
-        ..from
-    };
-    let s = u.engine.subscribe("r", Some(&from)).await.expect("subscribe");
+    let from = Position { offset: 3, ..from };
+    let s = u
+        .engine
+        .subscribe("r", Some(&from))
+        .await
+        .expect("subscribe");
     assert_eq!(offsets_of(&s.recovered.expect("recovered")), [4, 5, 6]);
 }
 
@@ -336,9 +364,15 @@ async fn subscribe_does_not_recover_a_gap_history_no_longer_holds(make: Make) {
 async fn a_repeated_event_id_answers_the_first_publication(make: Make) {
     let u = make(Settings::default());
     let e = &*u.engine;
-    let first = e.publish(request("d", json!(1), Some("ev-1"))).await.expect("publish");
+    let first = e
+        .publish(request("d", json!(1), Some("ev-1")))
+        .await
+        .expect("publish");
     publish(e, "d", json!("between")).await;
-    let again = e.publish(request("d", json!(2), Some("ev-1"))).await.expect("publish");
+    let again = e
+        .publish(request("d", json!(2), Some("ev-1")))
+        .await
+        .expect("publish");
     assert!(!first.duplicate);
     assert!(again.duplicate, "{again:?}");
     assert_eq!(again.position, first.position);
@@ -349,8 +383,12 @@ async fn a_repeated_event_id_answers_the_first_publication(make: Make) {
 async fn a_repeated_event_id_is_not_kept_twice(make: Make) {
     let u = make(Settings::default());
     let e = &*u.engine;
-    e.publish(request("d", json!(1), Some("ev-1"))).await.expect("publish");
-    e.publish(request("d", json!(1), Some("ev-1"))).await.expect("publish");
+    e.publish(request("d", json!(1), Some("ev-1")))
+        .await
+        .expect("publish");
+    e.publish(request("d", json!(1), Some("ev-1")))
+        .await
+        .expect("publish");
     assert_eq!(publish(e, "d", json!(2)).await.position.offset, 2);
     let page = e.history("d", 10, None).await.expect("history");
     assert_eq!(offsets_of(&page.publications), [1, 2]);
@@ -360,8 +398,13 @@ async fn a_repeated_event_id_is_not_kept_twice(make: Make) {
 async fn the_same_event_id_in_another_channel_is_published(make: Make) {
     let u = make(Settings::default());
     let e = &*u.engine;
-    e.publish(request("d1", json!(1), Some("ev-1"))).await.expect("publish");
-    let other = e.publish(request("d2", json!(1), Some("ev-1"))).await.expect("publish");
+    e.publish(request("d1", json!(1), Some("ev-1")))
+        .await
+        .expect("publish");
+    let other = e
+        .publish(request("d2", json!(1), Some("ev-1")))
+        .await
+        .expect("publish");
     assert!(!other.duplicate, "{other:?}");
     assert_eq!(other.position.offset, 1);
 }
@@ -379,10 +422,7 @@ async fn a_batch_answers_in_order_with_consecutive_offsets(make: Make) {
             request("b", json!(3), None),
         ])
         .await;
-    let answers: Vec<Published> = answers
-        .into_iter()
-        .map(|a| a.expect("published"))
-        .collect();
+    let answers: Vec<Published> = answers.into_iter().map(|a| a.expect("published")).collect();
     let offsets: Vec<u64> = answers.iter().map(|a| a.position.offset).collect();
     assert_eq!(offsets, [1, 2, 1, 3]);
     let duplicates: Vec<bool> = answers.iter().map(|a| a.duplicate).collect();
@@ -398,7 +438,9 @@ async fn presence_lists_who_joined_until_they_leave(make: Make) {
     let e = &*u.engine;
     e.join("p", client("c1", "ann"), true).await.expect("join");
     e.join("p", client("c2", "bob"), false).await.expect("join");
-    e.join("other", client("c3", "cat"), true).await.expect("join");
+    e.join("other", client("c3", "cat"), true)
+        .await
+        .expect("join");
     assert_eq!(present(e, "p").await, ["c1", "c2"]);
     let users: Vec<String> = e
         .presence("p")
@@ -465,7 +507,13 @@ async fn a_channel_forgotten_after_its_history_ttl_starts_a_new_epoch(make: Make
     assert_eq!(fresh.position.offset, 0);
     assert!(fresh.recovered.is_none(), "nothing recovered across epochs");
     let next = publish(e, "t", json!(3)).await;
-    assert_eq!(next.position, Position { offset: 1, ..fresh.position });
+    assert_eq!(
+        next.position,
+        Position {
+            offset: 1,
+            ..fresh.position
+        }
+    );
 }
 
 // ---- The cluster calls on one node ----

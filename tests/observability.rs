@@ -30,19 +30,6 @@ async fn scrape(app: &TestApp) -> String {
     String::from_utf8(body.to_vec()).expect("utf-8")
 }
 
-/// A memory-engine node, whatever `HUB_TEST_ENGINE` says.
-fn spawn_memory_node() -> TestApp {
-    spawn_app_args(&[
-        "realtime-hub",
-        "--bind",
-        "127.0.0.1:0",
-        "--jwt-secret",
-        SECRET,
-        "--api-key",
-        API_KEY,
-    ])
-}
-
 /// Connections, subscriptions, publications by source, deliveries, latency, errors, refused
 /// connects, slow consumers and disconnects by code all move as the workload runs.
 #[actix_rt::test]
@@ -146,7 +133,7 @@ async fn a_connection_dropped_without_a_close_frame_counts_as_1006() {
 /// A node without Redis shows no Redis metrics: the "Redis down" alert cannot fire on it.
 #[actix_rt::test]
 async fn a_node_without_redis_shows_no_redis_metrics() {
-    let app = spawn_memory_node();
+    let app = spawn_memory_app(&[]);
     let m = scrape(&app).await;
     assert!(m.contains("hub_connections "), "{m}");
     assert!(!m.contains("hub_redis_"), "{m}");
@@ -159,21 +146,18 @@ async fn a_node_without_redis_shows_no_redis_metrics() {
 async fn stream_ingestion_moves_the_stream_metrics() {
     let redis = RedisServer::start();
     let stream = "o1:events";
-    let node = spawn_node(
+    let (node, mut conn, mut c) = ingesting_node(
         &redis,
-        "a",
+        stream,
+        "o:c",
         &[
-            "--streams",
-            stream,
             "--stream-max-deliveries",
             "100",
             "--stream-claim-idle-ms",
             "1000",
         ],
-    );
-    let mut conn = redis_conn(&redis.url());
-    let mut c = Client::connect(&node, "u").await;
-    c.subscribe("o:c").await;
+    )
+    .await;
     let series = |result: &str| {
         format!("hub_stream_entries_total{{stream=\"{stream}\",result=\"{result}\"}} ")
     };

@@ -137,16 +137,6 @@ async fn try_connect(node: &impl Node, user: &str) -> Result<(), (u16, String)> 
     }
 }
 
-/// The offsets of a list of `message` frames.
-fn offsets(publications: &Value) -> Vec<u64> {
-    publications
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|p| p["offset"].as_u64())
-        .collect()
-}
-
 // ---- A node killed without warning ----
 
 /// A node killed with SIGKILL is forgotten by the cluster within four heartbeats: its
@@ -156,8 +146,12 @@ fn offsets(publications: &Value) -> Vec<u64> {
 async fn a_node_killed_with_sigkill_is_forgotten_within_four_heartbeats() {
     let redis = RedisServer::start();
     let survivor = ready_node(&redis, "survivor", &["--max-connections-per-user", "1"]).await;
-    let mut doomed =
-        HubProcess::node(&redis.url(), "doomed", &[("HUB_MAX_CONNECTIONS_PER_USER", "1")]).await;
+    let mut doomed = HubProcess::node(
+        &redis.url(),
+        "doomed",
+        &[("HUB_MAX_CONNECTIONS_PER_USER", "1")],
+    )
+    .await;
 
     let mut watcher = connect(&survivor, "sam").await;
     watcher.subscribe("chat:room").await;
@@ -439,7 +433,11 @@ async fn after_redis_restarts_presence_is_reasserted_by_the_heartbeat() {
 async fn the_first_requests_after_redis_restarts_are_answered() {
     let mut redis = RedisServer::start();
     let node = ready_node(&redis, "n1", &["--streams", "hub:events"]).await;
-    assert_eq!(api_get(&node, "/api/info").await.0, 200, "before the restart");
+    assert_eq!(
+        api_get(&node, "/api/info").await.0,
+        200,
+        "before the restart"
+    );
 
     redis.restart();
     assert!(

@@ -179,15 +179,7 @@ async fn retrying_node(
     stream: &str,
     channel: &str,
 ) -> (TestApp, redis::Connection, Client) {
-    let node = spawn_node(
-        redis,
-        "a",
-        &["--streams", stream, "--stream-max-deliveries", "100"],
-    );
-    let conn = redis_conn(&redis.url());
-    let mut c = Client::connect(&node, "u").await;
-    c.subscribe(channel).await;
-    (node, conn, c)
+    ingesting_node(redis, stream, channel, &["--stream-max-deliveries", "100"]).await
 }
 
 /// A node that ingests no stream (`--streams ""`), to hold subscribers that must not race the
@@ -450,15 +442,7 @@ async fn dead_letters_are_deleted_by_id() {
 /// streams in `/api/info`.
 #[actix_rt::test]
 async fn without_redis_there_are_no_dead_letters() {
-    let node = spawn_app_args(&[
-        "realtime-hub",
-        "--bind",
-        "127.0.0.1:0",
-        "--jwt-secret",
-        SECRET,
-        "--api-key",
-        API_KEY,
-    ]);
+    let node = spawn_memory_app(&[]);
     assert_eq!(
         api_get(&node, "/api/deadletters").await,
         (200, json!({"entries": []}))
@@ -881,21 +865,18 @@ async fn an_entry_delivered_more_than_max_deliveries_times_is_dead_lettered_with
 async fn lag_is_null_where_redis_cannot_tell() {
     let redis = RedisServer::start();
     let stream = "t14:events";
-    let node = spawn_node(
+    let (node, mut conn, mut c) = ingesting_node(
         &redis,
-        "a",
+        stream,
+        "l:c",
         &[
-            "--streams",
-            stream,
             "--stream-max-deliveries",
             "1000",
             "--stream-claim-idle-ms",
             "1000",
         ],
-    );
-    let mut conn = redis_conn(&redis.url());
-    let mut c = Client::connect(&node, "u").await;
-    c.subscribe("l:c").await;
+    )
+    .await;
     // The first entry is retried (and the group's position stays on it) until repaired.
     break_publish(&mut conn, "l:c", "ev-1");
     let first = xadd(
@@ -1178,7 +1159,8 @@ async fn entries_of_a_node_killed_with_sigkill_are_claimed_by_another_and_delive
     // pending (the others wait behind it).
     break_publish(&mut conn, "k:c", "ev-1");
     xadd_many(&mut conn, stream, &entries_with_ids("k:c", "ev", 20));
-    let mut doomed = HubProcess::node(&redis.url(),
+    let mut doomed = HubProcess::node(
+        &redis.url(),
         "doomed",
         &[
             ("HUB_STREAMS", stream),
@@ -1243,7 +1225,8 @@ async fn entries_published_but_not_acknowledged_by_a_killed_node_are_delivered_o
     let mut c = Client::connect(&watcher, "u").await;
     c.subscribe("q:c").await;
     let url = format!("redis://noack:noack-password@127.0.0.1:{}/0", redis.port);
-    let mut doomed = HubProcess::node(&redis.url(),
+    let mut doomed = HubProcess::node(
+        &redis.url(),
         "doomed",
         &[
             ("HUB_REDIS_URL", url.as_str()),

@@ -71,14 +71,13 @@ impl Drop for TestApp {
     }
 }
 
-/// A node with the test secret and API key and the given extra flags.
-pub fn spawn_app_with(extra: &[&str]) -> TestApp {
+/// The arguments of every in-process node: port 0, the test API key, two workers, a 3 s
+/// shutdown timeout, then `auth` (how it verifies tokens) and `extra`.
+pub fn node_args<'a>(auth: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec![
         "realtime-hub",
         "--bind",
         "127.0.0.1:0",
-        "--jwt-secret",
-        SECRET,
         "--api-key",
         API_KEY,
         "--workers",
@@ -86,7 +85,20 @@ pub fn spawn_app_with(extra: &[&str]) -> TestApp {
         "--shutdown-timeout-s",
         "3",
     ];
+    args.extend_from_slice(auth);
     args.extend_from_slice(extra);
+    args
+}
+
+/// A memory-engine node with the test secret and API key and `extra` flags, whatever
+/// `HUB_TEST_ENGINE` says.
+pub fn spawn_memory_app(extra: &[&str]) -> TestApp {
+    spawn_app_args(&node_args(&["--jwt-secret", SECRET], extra))
+}
+
+/// A node with the test secret and API key and the given extra flags.
+pub fn spawn_app_with(extra: &[&str]) -> TestApp {
+    let mut args = node_args(&["--jwt-secret", SECRET], extra);
     // The same suite runs against the Redis engine when asked to, each node on its own Redis.
     let redis = (std::env::var("HUB_TEST_ENGINE").as_deref() == Ok("redis")
         && !extra.contains(&"--redis-url"))
@@ -288,6 +300,23 @@ where
     }
 }
 
+/// Node `a` on `redis` ingesting `stream` (with `extra` flags), a connection to its Redis,
+/// and a client subscribed to `channel` on it.
+pub async fn ingesting_node(
+    redis: &RedisServer,
+    stream: &str,
+    channel: &str,
+    extra: &[&str],
+) -> (TestApp, redis::Connection, Client) {
+    let mut flags = vec!["--streams", stream];
+    flags.extend_from_slice(extra);
+    let node = spawn_node(redis, "a", &flags);
+    let conn = redis_conn(&redis.url());
+    let mut c = Client::connect(&node, "u").await;
+    c.subscribe(channel).await;
+    (node, conn, c)
+}
+
 /// Waits until `check` holds, polling; panics with `what` after the wait.
 pub async fn eventually<F, Fut>(what: &str, mut check: F)
 where
@@ -303,4 +332,3 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
-

@@ -80,17 +80,7 @@ impl Client {
     }
 
     pub async fn connect_token(app: &TestApp, token: &str) -> Client {
-        let ws = open(&format!("{}?token={}", app.ws_url(), token)).await;
-        let mut c = Client {
-            ws,
-            next_id: 1,
-            pending: Default::default(),
-            welcome: Value::Null,
-        };
-        let welcome = c.next_frame().await;
-        assert_eq!(welcome["type"], "welcome", "first frame: {welcome}");
-        c.welcome = welcome;
-        c
+        Client::connect_url(&app.ws_url(), token).await
     }
 
     pub fn client_id(&self) -> String {
@@ -266,4 +256,14 @@ impl Client {
             }
         }
     }
+}
+
+/// The offsets of a list of `message` frames.
+pub fn offsets(publications: &Value) -> Vec<u64> {
+    publications
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["offset"].as_u64())
+        .collect()
 }
