@@ -163,6 +163,11 @@ fn server_pid(url: &str) -> Option<u32> {
     let mut conn = redis::Client::open(url)
         .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(1)))
         .ok()?;
+    // Whatever holds the port may accept and never answer.
+    conn.set_read_timeout(Some(Duration::from_millis(500)))
+        .ok()?;
+    conn.set_write_timeout(Some(Duration::from_millis(500)))
+        .ok()?;
     let info: String = redis::cmd("INFO").arg("server").query(&mut conn).ok()?;
     info.lines()
         .find_map(|l| l.strip_prefix("process_id:"))?
