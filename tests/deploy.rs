@@ -7,8 +7,9 @@
 //! parser, only the few shapes these files use (`NAME=value`, `NAME: value`, and Kubernetes'
 //! `- name: NAME` followed by `value: ...`).
 
+mod common;
+
 use std::collections::BTreeSet;
-use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -362,12 +363,6 @@ fn health_check() -> Vec<String> {
     serde_json::from_str(json).unwrap_or_else(|e| panic!("HEALTHCHECK CMD is not JSON: {e}"))
 }
 
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-}
-
 /// Runs the health check as the container would, with the node's HUB_BIND.
 fn run_health_check(bind: &str) -> bool {
     let check = health_check();
@@ -385,19 +380,9 @@ fn run_health_check(bind: &str) -> bool {
 /// The HEALTHCHECK command passes against a running hub and fails once it is gone.
 #[test]
 fn the_health_check_passes_only_while_the_hub_serves() {
-    let addr = free_addr();
-    let bind = addr.to_string();
-    assert!(!run_health_check(&bind), "healthy with no hub listening");
-    let mut hub = Command::new(env!("CARGO_BIN_EXE_realtime-hub"))
-        .env_clear()
-        .env("HUB_BIND", &bind)
-        .env("HUB_JWT_SECRET", "deploy-test-secret")
-        .env("HUB_WORKERS", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start realtime-hub");
+    // The hub binds port 0 and says where: no port is picked in advance.
+    let mut hub = common::HubProcess::start(&[("HUB_JWT_SECRET", "deploy-test-secret")]);
+    let bind = hub.addr.to_string();
     // As Docker's start period: retry until it passes.
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut healthy = false;
@@ -407,8 +392,7 @@ fn the_health_check_passes_only_while_the_hub_serves() {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
-    let _ = hub.kill();
-    let _ = hub.wait();
+    hub.kill();
     assert!(
         healthy,
         "the health check never passed against a running hub"

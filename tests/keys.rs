@@ -50,19 +50,7 @@ fn claims(user: &str, ttl_s: u64) -> Value {
 /// A node that verifies tokens with the public key in `fixture` (and no HS256 secret).
 fn spawn_with_public_key(fixture_name: &str) -> TestApp {
     let path = fixture(fixture_name);
-    spawn_app_args(&[
-        "realtime-hub",
-        "--bind",
-        "127.0.0.1:0",
-        "--jwt-public-key",
-        &path,
-        "--api-key",
-        API_KEY,
-        "--workers",
-        "2",
-        "--shutdown-timeout-s",
-        "3",
-    ])
+    spawn_app_args(&node_args(&["--jwt-public-key", &path], &[]))
 }
 
 /// The close a token gets when connecting.

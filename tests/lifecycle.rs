@@ -2,258 +2,17 @@
 //! its generated API key and `/dev/token`, the server API without a key, the `token`
 //! subcommand, graceful shutdown on SIGTERM/SIGINT, and clear failures on bad configuration.
 //!
-//! Every hub here is a subprocess on a free port, configured through `HUB_*` variables only
+//! Every hub here is a subprocess on port 0 (see `common::process`), configured through `HUB_*` variables only
 //! (the test's own `HUB_*` environment is removed).
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
-use std::net::{SocketAddr, TcpListener};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Condvar, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
 use jsonwebtoken::{decode, Algorithm, DecodingKey, Validation};
 use serde_json::{json, Value};
-
-/// What a reader thread collected from one pipe.
-#[derive(Default)]
-struct Captured {
-    lines: Vec<String>,
-    /// The pipe ended (the process exited or closed it).
-    ended: bool,
-}
-
-#[derive(Default)]
-struct Shared {
-    captured: Mutex<Captured>,
-    /// Notified on every new line and at the end.
-    changed: Condvar,
-}
-
-/// The lines a child process wrote to one of its pipes, collected by a reader thread.
-#[derive(Clone, Default)]
-struct Lines {
-    /// Appended to by the reader thread; read by the test.
-    shared: Arc<Shared>,
-}
-
-impl Lines {
-    fn read_from(pipe: impl Read + Send + 'static) -> Lines {
-        let lines = Lines::default();
-        let sink = Arc::clone(&lines.shared);
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines() {
-                let Ok(line) = line else { break };
-                sink.captured.lock().expect("lines lock").lines.push(line);
-                sink.changed.notify_all();
-            }
-            sink.captured.lock().expect("lines lock").ended = true;
-            sink.changed.notify_all();
-        });
-        lines
-    }
-
-    /// Waits (at most `within`) for a line matching `pred`; `None` if the pipe ends first or
-    /// the time is up.
-    fn wait_for(&self, within: Duration, pred: impl Fn(&str) -> bool) -> Option<String> {
-        let deadline = Instant::now() + within;
-        let mut captured = self.shared.captured.lock().expect("lines lock");
-        loop {
-            if let Some(line) = captured.lines.iter().find(|l| pred(l)) {
-                return Some(line.clone());
-            }
-            let now = Instant::now();
-            if captured.ended || now >= deadline {
-                return None;
-            }
-            captured = self
-                .shared
-                .changed
-                .wait_timeout(captured, deadline - now)
-                .expect("lines lock")
-                .0;
-        }
-    }
-
-    /// Waits for the pipe to end (the process exited) and returns everything written.
-    fn all_after_exit(&self) -> String {
-        let deadline = Instant::now() + WAIT;
-        let mut captured = self.shared.captured.lock().expect("lines lock");
-        while !captured.ended && Instant::now() < deadline {
-            captured = self
-                .shared
-                .changed
-                .wait_timeout(captured, deadline.saturating_duration_since(Instant::now()))
-                .expect("lines lock")
-                .0;
-        }
-        captured.lines.join("\n")
-    }
-
-    fn text(&self) -> String {
-        self.shared
-            .captured
-            .lock()
-            .expect("lines lock")
-            .lines
-            .join("\n")
-    }
-}
-
-/// A free local address: bound on port 0, then released for the hub to take.
-fn free_addr() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-    listener.local_addr().expect("local addr")
-}
-
-/// The hub binary with a clean `HUB_*` environment plus `envs`, run from the package root.
-fn hub_command(envs: &[(&str, &str)]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_realtime-hub"));
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("HUB_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("RUST_LOG", "info")
-        .env("HUB_WORKERS", "1")
-        .envs(envs.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    cmd
-}
-
-/// The hub's own start line (`... address=<addr> engine=<engine> listening`), logged once its
-/// socket listens; not actix-server's `listening on`, whose wording is actix's to change.
-fn is_listening_line(line: &str) -> bool {
-    line.ends_with(" listening") && line.contains(" address=")
-}
-
-/// A hub running as a subprocess; dropping it kills the process if it still runs.
-struct HubProcess {
-    child: Child,
-    addr: SocketAddr,
-    stdout: Lines,
-    stderr: Lines,
-}
-
-impl HubProcess {
-    /// Starts the binary with `envs` (`HUB_BIND` added unless given) without waiting.
-    fn spawn(envs: &[(&str, &str)]) -> HubProcess {
-        let given_bind = envs.iter().find(|(k, _)| *k == "HUB_BIND").map(|(_, v)| *v);
-        let addr = given_bind.map_or_else(free_addr, |b| b.parse().expect("HUB_BIND address"));
-        let bind = addr.to_string();
-        let mut all: Vec<(&str, &str)> = envs.to_vec();
-        if given_bind.is_none() {
-            all.push(("HUB_BIND", &bind));
-        }
-        let mut child = hub_command(&all).spawn().expect("start realtime-hub");
-        let stdout = Lines::read_from(child.stdout.take().expect("stdout pipe"));
-        let stderr = Lines::read_from(child.stderr.take().expect("stderr pipe"));
-        HubProcess {
-            child,
-            addr,
-            stdout,
-            stderr,
-        }
-    }
-
-    /// Starts the binary and waits until it logs that it listens.
-    fn start(envs: &[(&str, &str)]) -> HubProcess {
-        let hub = HubProcess::spawn(envs);
-        let listening = hub.stderr.wait_for(WAIT, is_listening_line);
-        assert!(
-            listening.is_some(),
-            "the hub did not start; stderr:\n{}\nstdout:\n{}",
-            hub.stderr.text(),
-            hub.stdout.text()
-        );
-        hub
-    }
-
-    fn http(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    fn ws_url(&self) -> String {
-        format!("ws://{}/ws", self.addr)
-    }
-
-    /// Sends a signal (`TERM`, `INT`) with the `kill` command.
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args([format!("-{name}"), self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{name} failed");
-    }
-
-    /// Waits for the process to exit, at most `within`.
-    fn wait_exit(&mut self, within: Duration) -> ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the hub did not exit within {within:?}; stderr:\n{}",
-                self.stderr.text()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for HubProcess {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// Starts the binary with `envs`, expects it to exit on its own with a failure, and returns
-/// its stderr.
-fn fails_to_start(envs: &[(&str, &str)]) -> String {
-    let mut hub = HubProcess::spawn(envs);
-    let status = hub.wait_exit(WAIT);
-    let stderr = hub.stderr.all_after_exit();
-    assert!(!status.success(), "exit status {status}; stderr:\n{stderr}");
-    assert!(
-        !stderr.contains("panicked"),
-        "a panic instead of a message:\n{stderr}"
-    );
-    stderr
-}
-
-async fn http_post(url: &str, key: Option<&str>, body: &str) -> (u16, Value) {
-    let mut req = http()
-        .post(url)
-        .insert_header(("Content-Type", "application/json"));
-    if let Some(key) = key {
-        req = req.insert_header(("X-API-Key", key));
-    }
-    let mut res = req.send_body(body.to_owned()).await.expect("http request");
-    let status = res.status().as_u16();
-    let body = res.body().await.expect("body");
-    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
-}
-
-async fn http_get(url: &str, key: Option<&str>) -> (u16, Value) {
-    let mut req = http().get(url);
-    if let Some(key) = key {
-        req = req.insert_header(("X-API-Key", key));
-    }
-    let mut res = req.send().await.expect("http request");
-    let status = res.status().as_u16();
-    let body = res.body().await.expect("body");
-    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
-}
 
 /// What a graceful stop may take: the configured shutdown timeout plus a margin.
 const SHUTDOWN_TIMEOUT_S: u64 = 2;
@@ -285,15 +44,15 @@ async fn dev_mode_prints_a_working_api_key_once() {
 
     let publish = hub.http("/api/publish");
     let body = r#"{"channel":"chat:lobby","data":{"text":"hi"}}"#;
-    let (status, answer) = http_post(&publish, Some(&key), body).await;
+    let (status, answer) = post_url(&publish, Some(&key), body).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["channel"], "chat:lobby");
-    let (status, answer) = http_post(&publish, None, body).await;
+    let (status, answer) = post_url(&publish, None, body).await;
     assert_eq!(
         (status, &answer["error"]["code"]),
         (401, &json!("unauthorized"))
     );
-    let (status, _) = http_post(&publish, Some("not-the-key"), body).await;
+    let (status, _) = post_url(&publish, Some("not-the-key"), body).await;
     assert_eq!(status, 401);
 
     hub.signal("TERM");
@@ -316,9 +75,9 @@ async fn dev_mode_prints_a_working_api_key_once() {
 #[actix_rt::test]
 async fn dev_mode_uses_a_configured_api_key_without_printing_it() {
     let mut hub = HubProcess::start(&[("HUB_API_KEY", API_KEY)]);
-    let (status, answer) = http_get(&hub.http("/api/info"), Some(API_KEY)).await;
+    let (status, answer) = get_url(&hub.http("/api/info"), Some(API_KEY)).await;
     assert_eq!(status, 200, "{answer}");
-    let (status, _) = http_post(&hub.http("/dev/token"), None, r#"{"user":"alice"}"#).await;
+    let (status, _) = post_url(&hub.http("/dev/token"), None, r#"{"user":"alice"}"#).await;
     assert_eq!(status, 200, "still development mode");
     hub.signal("TERM");
     assert!(hub.wait_exit(EXIT_WITHIN).success());
@@ -338,7 +97,7 @@ async fn dev_mode_uses_a_configured_api_key_without_printing_it() {
 #[actix_rt::test]
 async fn dev_token_grants_the_development_rights() {
     let hub = HubProcess::start(&[]);
-    let (status, answer) = http_post(&hub.http("/dev/token"), None, r#"{"user":"alice"}"#).await;
+    let (status, answer) = post_url(&hub.http("/dev/token"), None, r#"{"user":"alice"}"#).await;
     assert_eq!(status, 200, "{answer}");
     let token = answer["token"].as_str().expect("a token").to_owned();
 
@@ -378,7 +137,7 @@ async fn dev_token_with_bad_body_is_bad_request() {
         r#"{"user":"a b"}"#,
         "nope",
     ] {
-        let (status, answer) = http_post(&hub.http("/dev/token"), None, body).await;
+        let (status, answer) = post_url(&hub.http("/dev/token"), None, body).await;
         assert_eq!(
             (status, &answer["error"]["code"]),
             (400, &json!("bad_request")),
@@ -391,12 +150,13 @@ async fn dev_token_with_bad_body_is_bad_request() {
 /// port is free does not matter: the address shows in the log line or in the bind error.)
 #[actix_rt::test]
 async fn dev_mode_binds_loopback_by_default() {
-    // `HUB_BIND` unset: `spawn` would add one, so build the command directly.
-    let mut child = hub_command(&[]).spawn().expect("start realtime-hub");
+    let mut cmd = hub_command(&[]);
+    cmd.env_remove("HUB_BIND");
+    let mut child = cmd.spawn().expect("start realtime-hub");
     let stderr = Lines::read_from(child.stderr.take().expect("stderr pipe"));
     let _stdout = Lines::read_from(child.stdout.take().expect("stdout pipe"));
     let line = stderr.wait_for(WAIT, |l| {
-        is_listening_line(l) || l.contains("cannot listen")
+        listening_address(l).is_some() || l.contains("cannot listen")
     });
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -410,7 +170,7 @@ async fn dev_mode_binds_loopback_by_default() {
 #[actix_rt::test]
 async fn dev_token_is_404_with_jwt_secret() {
     let mut hub = HubProcess::start(&[("HUB_JWT_SECRET", SECRET), ("HUB_API_KEY", API_KEY)]);
-    let (status, answer) = http_post(&hub.http("/dev/token"), None, r#"{"user":"alice"}"#).await;
+    let (status, answer) = post_url(&hub.http("/dev/token"), None, r#"{"user":"alice"}"#).await;
     assert_eq!(
         (status, &answer["error"]["code"]),
         (404, &json!("not_found")),
@@ -430,7 +190,7 @@ async fn dev_token_is_404_with_jwt_secret() {
 async fn dev_token_is_404_with_only_public_key() {
     let key = fixture("rsa_public.pem");
     let hub = HubProcess::start(&[("HUB_JWT_PUBLIC_KEY", &key)]);
-    let (status, answer) = http_post(&hub.http("/dev/token"), None, r#"{"user":"alice"}"#).await;
+    let (status, answer) = post_url(&hub.http("/dev/token"), None, r#"{"user":"alice"}"#).await;
     assert_eq!(
         (status, &answer["error"]["code"]),
         (404, &json!("not_found")),
@@ -452,7 +212,7 @@ async fn api_without_configured_key_is_always_unauthorized() {
             "/api/deadletters",
             "/api/unknown",
         ] {
-            let (status, answer) = http_get(&hub.http(path), key).await;
+            let (status, answer) = get_url(&hub.http(path), key).await;
             assert_eq!(
                 (status, &answer["error"]["code"]),
                 (401, &json!("unauthorized")),
@@ -464,7 +224,7 @@ async fn api_without_configured_key_is_always_unauthorized() {
             ("/api/broadcast", r#"{"channels":["chat:a"],"data":1}"#),
             ("/api/disconnect", r#"{"user":"alice"}"#),
         ] {
-            let (status, answer) = http_post(&hub.http(path), key, body).await;
+            let (status, answer) = post_url(&hub.http(path), key, body).await;
             assert_eq!(
                 (status, &answer["error"]["code"]),
                 (401, &json!("unauthorized")),
@@ -643,7 +403,7 @@ async fn graceful_stop_on(name: &str) {
     let mut alice = Client::connect_url(&hub.ws_url(), &token("alice")).await;
     let mut bob = Client::connect_url(&hub.ws_url(), &token("bob")).await;
     alice.subscribe("chat:lobby").await;
-    assert_eq!(http_get(&hub.http("/ready"), None).await.0, 200);
+    assert_eq!(get_url(&hub.http("/ready"), None).await.0, 200);
 
     let signalled = Instant::now();
     hub.signal(name);
@@ -725,7 +485,7 @@ async fn stalled_peer(hub: &HubProcess) -> RawWs {
     // 16 publications of 900 kB: far over what the kernel buffers on both ends hold.
     let body = json!({"channel": "flood", "data": "x".repeat(900_000)}).to_string();
     for _ in 0..16 {
-        let (status, answer) = http_post(&hub.http("/api/publish"), Some(API_KEY), &body).await;
+        let (status, answer) = post_url(&hub.http("/api/publish"), Some(API_KEY), &body).await;
         assert_eq!(status, 200, "{answer}");
     }
     ws
@@ -796,7 +556,7 @@ async fn new_connection_while_draining_gets_going_away() {
 async fn sigterm_without_connections_exits_0_quickly() {
     let mut hub =
         HubProcess::start(&[("HUB_JWT_SECRET", SECRET), ("HUB_SHUTDOWN_TIMEOUT_S", "30")]);
-    assert_eq!(http_get(&hub.http("/ready"), None).await.0, 200);
+    assert_eq!(get_url(&hub.http("/ready"), None).await.0, 200);
     let signalled = Instant::now();
     hub.signal("TERM");
     let status = hub.wait_exit(Duration::from_secs(5));

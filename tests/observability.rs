@@ -2,13 +2,10 @@
 //! Streams ingestion included), JSON logs that carry node, client, user, channel and event_id as
 //! fields, and no secret or token in any log line, at any level, in either format.
 mod common;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::*;
 use futures_util::StreamExt;
-use realtime_hub::engine::redis::Keys;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -31,19 +28,6 @@ async fn scrape(app: &TestApp) -> String {
     assert_eq!(res.status().as_u16(), 200);
     let body = res.body().limit(1 << 20).await.expect("body");
     String::from_utf8(body.to_vec()).expect("utf-8")
-}
-
-/// A memory-engine node, whatever `HUB_TEST_ENGINE` says.
-fn spawn_memory_node() -> TestApp {
-    spawn_app_args(&[
-        "realtime-hub",
-        "--bind",
-        "127.0.0.1:0",
-        "--jwt-secret",
-        SECRET,
-        "--api-key",
-        API_KEY,
-    ])
 }
 
 /// Connections, subscriptions, publications by source, deliveries, latency, errors, refused
@@ -149,42 +133,10 @@ async fn a_connection_dropped_without_a_close_frame_counts_as_1006() {
 /// A node without Redis shows no Redis metrics: the "Redis down" alert cannot fire on it.
 #[actix_rt::test]
 async fn a_node_without_redis_shows_no_redis_metrics() {
-    let app = spawn_memory_node();
+    let app = spawn_memory_app(&[]);
     let m = scrape(&app).await;
     assert!(m.contains("hub_connections "), "{m}");
     assert!(!m.contains("hub_redis_"), "{m}");
-}
-
-/// Makes the engine's publish of `event_id` in `channel` fail until [`repair`]: its dedup key
-/// becomes a list, so the publish script fails with WRONGTYPE (a passing failure).
-fn break_publish(conn: &mut redis::Connection, channel: &str, event_id: &str) {
-    let _: i64 = redis::cmd("RPUSH")
-        .arg(Keys::new("hub").dedup(channel, event_id))
-        .arg("not a dedup entry")
-        .query(conn)
-        .expect("RPUSH");
-}
-
-fn repair(conn: &mut redis::Connection, channel: &str, event_id: &str) {
-    let _: i64 = redis::cmd("DEL")
-        .arg(Keys::new("hub").dedup(channel, event_id))
-        .query(conn)
-        .expect("DEL");
-}
-
-fn xadd(conn: &mut redis::Connection, stream: &str, fields: &[(&str, &str)]) -> String {
-    let mut cmd = redis::cmd("XADD");
-    cmd.arg(stream).arg("*");
-    for (k, v) in fields {
-        cmd.arg(*k).arg(*v);
-    }
-    cmd.query(conn).expect("XADD")
-}
-
-fn redis_conn(redis: &RedisServer) -> redis::Connection {
-    redis::Client::open(redis.url())
-        .and_then(|c| c.get_connection())
-        .expect("a connection to the test redis")
 }
 
 /// Stream entries move `hub_stream_entries_total` by result (acked, retried, dead), each new
@@ -194,21 +146,18 @@ fn redis_conn(redis: &RedisServer) -> redis::Connection {
 async fn stream_ingestion_moves_the_stream_metrics() {
     let redis = RedisServer::start();
     let stream = "o1:events";
-    let node = spawn_node(
+    let (node, mut conn, mut c) = ingesting_node(
         &redis,
-        "a",
+        stream,
+        "o:c",
         &[
-            "--streams",
-            stream,
             "--stream-max-deliveries",
             "100",
             "--stream-claim-idle-ms",
             "1000",
         ],
-    );
-    let mut conn = redis_conn(&redis);
-    let mut c = Client::connect(&node, "u").await;
-    c.subscribe("o:c").await;
+    )
+    .await;
     let series = |result: &str| {
         format!("hub_stream_entries_total{{stream=\"{stream}\",result=\"{result}\"}} ")
     };
@@ -312,7 +261,7 @@ async fn the_dashboard_counts_stream_publications() {
         "a",
         &["--streams", stream, "--dashboard-interval-s", "1"],
     );
-    let mut conn = redis_conn(&redis);
+    let mut conn = redis_conn(&redis.url());
     let mut c = Client::connect(&node, "u").await;
     c.subscribe("dashboard:hub").await;
     for n in 1..=5 {
@@ -337,81 +286,20 @@ async fn the_dashboard_counts_stream_publications() {
 
 // ---- Logs ----
 
-/// The real binary as a subprocess logging everything (`RUST_LOG=trace`) in `format`; its
-/// standard error is collected until [`LoggedHub::stop`]. Dropping it SIGKILLs it.
-struct LoggedHub {
-    child: Child,
-    base: String,
-    /// The thread reading standard error to its end; taken by `stop`.
-    lines: Option<std::thread::JoinHandle<Vec<String>>>,
-}
-
-impl LoggedHub {
-    async fn start(format: &str, extra: &[(&str, &str)]) -> LoggedHub {
-        let base = format!("127.0.0.1:{}", free_port());
-        let mut child = Command::new(env!("CARGO_BIN_EXE_realtime-hub"))
-            .env_clear()
-            .env("HUB_BIND", &base)
-            .env("HUB_JWT_SECRET", SECRET)
-            .env("HUB_API_KEY", API_KEY)
-            .env("HUB_NODE_ID", "log-node")
-            .env("HUB_LOG_FORMAT", format)
-            .env("HUB_SHUTDOWN_TIMEOUT_S", "2")
-            .env("RUST_LOG", "trace")
-            .env("HUB_STATIC_DIR", "static")
-            .envs(extra.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start the hub");
-        let stderr = child.stderr.take().expect("stderr");
-        let lines = std::thread::spawn(move || {
-            BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-                .collect::<Vec<String>>()
-        });
-        let hub = LoggedHub {
-            child,
-            base,
-            lines: Some(lines),
-        };
-        let ready = format!("http://{}/ready", hub.base);
-        eventually("the hub is ready", || {
-            let ready = ready.clone();
-            async move { matches!(http().get(ready).send().await, Ok(res) if res.status() == 200) }
-        })
-        .await;
-        hub
-    }
-
-    fn ws_url(&self) -> String {
-        format!("ws://{}/ws", self.base)
-    }
-
-    fn http(&self, path: &str) -> String {
-        format!("http://{}{path}", self.base)
-    }
-
-    /// Stops it with SIGTERM (its drain logs too) and returns every line it wrote.
-    fn stop(mut self) -> Vec<String> {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-        self.lines
-            .take()
-            .map(|l| l.join().expect("log reader"))
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for LoggedHub {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The real binary as a subprocess logging everything (`RUST_LOG=trace`) in `format`, once
+/// ready; [`HubProcess::stop_and_collect`] stops it and returns what it logged.
+async fn logged_hub(format: &str, extra: &[(&str, &str)]) -> HubProcess {
+    let mut envs = vec![
+        ("HUB_JWT_SECRET", SECRET),
+        ("HUB_API_KEY", API_KEY),
+        ("HUB_NODE_ID", "log-node"),
+        ("HUB_LOG_FORMAT", format),
+        ("HUB_SHUTDOWN_TIMEOUT_S", "2"),
+        ("RUST_LOG", "trace"),
+        ("HUB_STATIC_DIR", "static"),
+    ];
+    envs.extend_from_slice(extra);
+    HubProcess::start_ready(&envs).await
 }
 
 fn parse_json_lines(lines: &[String]) -> Vec<Value> {
@@ -426,7 +314,7 @@ fn parse_json_lines(lines: &[String]) -> Vec<Value> {
 /// publication's `event_id` can be followed from its arrival to its fan-out, and an API one's.
 #[actix_rt::test]
 async fn json_logs_follow_one_event_from_arrival_to_fan_out() {
-    let hub = LoggedHub::start("json", &[]).await;
+    let hub = logged_hub("json", &[]).await;
     let mut c = Client::connect_url(&hub.ws_url(), &token("tracer")).await;
     c.subscribe("trace").await;
     let r = c
@@ -445,7 +333,7 @@ async fn json_logs_follow_one_event_from_arrival_to_fan_out() {
     assert_eq!(res.status().as_u16(), 200);
     c.next_of("message").await;
     drop(c);
-    let records = parse_json_lines(&hub.stop());
+    let records = parse_json_lines(&hub.stop_and_collect());
 
     assert!(records
         .iter()
@@ -477,7 +365,7 @@ async fn json_logs_follow_one_event_from_arrival_to_fan_out() {
 async fn json_logs_follow_a_stream_event_from_arrival_to_fan_out() {
     let redis = RedisServer::start();
     let url = redis.url();
-    let hub = LoggedHub::start(
+    let hub = logged_hub(
         "json",
         &[
             ("HUB_REDIS_URL", url.as_str()),
@@ -487,7 +375,7 @@ async fn json_logs_follow_a_stream_event_from_arrival_to_fan_out() {
     .await;
     let mut c = Client::connect_url(&hub.ws_url(), &token("tracer")).await;
     c.subscribe("trace").await;
-    let mut conn = redis_conn(&redis);
+    let mut conn = redis_conn(&redis.url());
     let entry = xadd(
         &mut conn,
         "o3:events",
@@ -499,7 +387,7 @@ async fn json_logs_follow_a_stream_event_from_arrival_to_fan_out() {
     );
     assert_eq!(c.next_of("message").await["event_id"], "evt-stream-1");
     drop(c);
-    let records = parse_json_lines(&hub.stop());
+    let records = parse_json_lines(&hub.stop_and_collect());
 
     let arrival = records
         .iter()
@@ -519,7 +407,7 @@ async fn json_logs_follow_a_stream_event_from_arrival_to_fan_out() {
 /// Presents every credential the hub receives, accepted and refused: `?token=` (valid, garbage,
 /// badly signed), `Authorization: Bearer` (valid, badly signed), `refresh` frames (valid, badly
 /// signed, malformed), and the API key (right and wrong). Returns each credential used.
-async fn present_every_credential(hub: &LoggedHub) -> Vec<String> {
+async fn present_every_credential(hub: &HubProcess) -> Vec<String> {
     let other_secret = "not-the-hub-secret-4242-abcdef";
     let badly_signed = |user: &str| {
         sign(
@@ -633,9 +521,9 @@ fn assert_no_credential(lines: &[String], credentials: &[String]) {
 /// whichever way it was presented and whether it was accepted or refused.
 #[actix_rt::test]
 async fn no_credential_is_logged_in_json_at_any_level() {
-    let hub = LoggedHub::start("json", &[]).await;
+    let hub = logged_hub("json", &[]).await;
     let credentials = present_every_credential(&hub).await;
-    let lines = hub.stop();
+    let lines = hub.stop_and_collect();
     let records = parse_json_lines(&lines);
     assert!(
         records.iter().any(|r| r["level"] == "TRACE"),
@@ -651,9 +539,9 @@ async fn no_credential_is_logged_in_json_at_any_level() {
 /// whichever way it was presented and whether it was accepted or refused.
 #[actix_rt::test]
 async fn no_credential_is_logged_in_text_at_any_level() {
-    let hub = LoggedHub::start("text", &[]).await;
+    let hub = logged_hub("text", &[]).await;
     let credentials = present_every_credential(&hub).await;
-    let lines = hub.stop();
+    let lines = hub.stop_and_collect();
     assert!(
         lines.iter().any(|l| l.contains(" TRACE ")),
         "no trace lines"

@@ -9,13 +9,11 @@
 //! panics run as subprocesses of the real binary, configured through `HUB_*` variables only;
 //! the others run in process (`spawn_node`, once ready). Heartbeats are 1 s unless a test says
 //! otherwise. Redis "hangs" by SIGSTOP (its connections stay open and nothing answers), keeps
-//! its data across a SIGKILL with an fsynced append-only file ([`DurableRedis`]), and a
+//! its data across a SIGKILL with an fsynced append-only file ([`RedisServer::start_durable`]), and a
 //! half-open pub/sub link is made by a proxy that stops forwarding it ([`SilencingProxy`]).
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -32,148 +30,6 @@ const MARGIN: Duration = Duration::from_secs(2);
 
 /// How long an answer may take while Redis is down: the engine deadline (2 s) plus slack.
 const UNAVAILABLE_WITHIN: Duration = Duration::from_secs(3);
-
-/// A hub node the test can reach over HTTP and WebSocket, wherever it runs.
-trait Node {
-    /// `http://host:port` of the node.
-    fn base(&self) -> String;
-
-    fn ws(&self) -> String {
-        format!("{}/ws", self.base().replacen("http://", "ws://", 1))
-    }
-}
-
-impl Node for TestApp {
-    fn base(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-}
-
-/// A Redis server a node can be pointed at.
-trait Redis {
-    fn url(&self) -> String;
-}
-
-impl Redis for RedisServer {
-    fn url(&self) -> String {
-        RedisServer::url(self)
-    }
-}
-
-/// The real binary as a subprocess; dropping it SIGKILLs it if it still runs.
-struct HubProcess {
-    child: Child,
-    addr: String,
-    /// Every line the process wrote to stderr, appended by a reader thread.
-    stderr: Arc<Mutex<Vec<String>>>,
-}
-
-impl Node for HubProcess {
-    fn base(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-}
-
-impl HubProcess {
-    /// Starts node `node` on `redis` (1 s heartbeat, the test secret and API key, plus
-    /// `extra` variables) and waits until it reports ready.
-    async fn start(redis: &impl Redis, node: &str, extra: &[(&str, &str)]) -> HubProcess {
-        let addr = format!("127.0.0.1:{}", free_port());
-        let heartbeat = HEARTBEAT.as_secs().to_string();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_realtime-hub"));
-        // Only the variables given here configure the node, whatever the test's environment.
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("HUB_") {
-                cmd.env_remove(key);
-            }
-        }
-        cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
-            .env("RUST_LOG", "info")
-            .env("HUB_BIND", &addr)
-            .env("HUB_REDIS_URL", redis.url())
-            .env("HUB_NODE_ID", node)
-            .env("HUB_NODE_HEARTBEAT_S", &heartbeat)
-            .env("HUB_JWT_SECRET", SECRET)
-            .env("HUB_API_KEY", API_KEY)
-            .env("HUB_WORKERS", "1")
-            .env("HUB_SHUTDOWN_TIMEOUT_S", "2")
-            .envs(extra.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("start realtime-hub");
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let pipe = child.stderr.take().expect("stderr pipe");
-        let sink = Arc::clone(&stderr);
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                sink.lock().expect("stderr lock").push(line);
-            }
-        });
-        let hub = HubProcess {
-            child,
-            addr,
-            stderr,
-        };
-        // Until the process listens, the connection is refused.
-        let ready = poll_until(WAIT, || async {
-            let answer = http().get(format!("{}/ready", hub.base())).send().await;
-            answer.is_ok_and(|res| res.status() == 200)
-        })
-        .await;
-        assert!(
-            ready,
-            "node {node} never became ready; stderr:\n{}",
-            hub.stderr_text()
-        );
-        hub
-    }
-
-    /// SIGKILL: no shutdown sequence, no goodbye to Redis.
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn stderr_text(&self) -> String {
-        self.stderr.lock().expect("stderr lock").join("\n")
-    }
-
-    /// Asserts that the process is still running and never panicked.
-    fn assert_healthy(&mut self) {
-        assert!(
-            matches!(self.child.try_wait(), Ok(None)),
-            "the node exited; stderr:\n{}",
-            self.stderr_text()
-        );
-        let stderr = self.stderr_text();
-        assert!(!stderr.contains("panicked"), "a panic:\n{stderr}");
-    }
-}
-
-impl Drop for HubProcess {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// Polls `check` every 50 ms until it holds (`true`) or `within` has passed (`false`).
-async fn poll_until<F, Fut>(within: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if check().await {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// An in-process node on `redis` (see `spawn_node`), once it reports ready: a node accepts
 /// connections before its Redis link is up, and answers `unavailable` until then, as its
@@ -194,36 +50,14 @@ async fn ready_node_on(url: &str, node: &str, heartbeat_s: &str, extra: &[&str])
     ];
     args.extend_from_slice(extra);
     let app = spawn_app_with(&args);
-    let ready = poll_until(WAIT, || async { get(&app, "/ready").await.0 == 200 }).await;
+    let ready = poll_until(WAIT, || async { api_get(&app, "/ready").await.0 == 200 }).await;
     assert!(ready, "node {node} never became ready");
     app
 }
 
-/// A GET on `node`, with the API key; status and parsed body (`Null` if not JSON).
-async fn get(node: &impl Node, path: &str) -> (u16, Value) {
-    let mut res = http()
-        .get(format!("{}{path}", node.base()))
-        .insert_header(("X-API-Key", API_KEY))
-        .send()
-        .await
-        .expect("http request");
-    let status = res.status().as_u16();
-    let body = res.body().limit(16 << 20).await.expect("body");
-    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
-}
-
 /// A JSON POST on `node`, with the API key.
 async fn post(node: &impl Node, path: &str, body: Value) -> (u16, Value) {
-    let mut res = http()
-        .post(format!("{}{path}", node.base()))
-        .insert_header(("X-API-Key", API_KEY))
-        .insert_header(("Content-Type", "application/json"))
-        .send_body(body.to_string())
-        .await
-        .expect("http request");
-    let status = res.status().as_u16();
-    let body = res.body().limit(16 << 20).await.expect("body");
-    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+    api_post(node, path, &body.to_string()).await
 }
 
 /// Publishes through `node`'s server API and returns the answer, asserting it succeeded.
@@ -244,7 +78,7 @@ async fn connect(node: &impl Node, user: &str) -> Client {
 
 /// The `node` names `/api/info` on `node` lists.
 async fn listed_nodes(node: &impl Node) -> Vec<String> {
-    let (_, info) = get(node, "/api/info").await;
+    let (_, info) = api_get(node, "/api/info").await;
     let mut names: Vec<String> = info["nodes"]
         .as_array()
         .into_iter()
@@ -257,7 +91,7 @@ async fn listed_nodes(node: &impl Node) -> Vec<String> {
 
 /// The client ids `/api/presence/{channel}` on `node` lists.
 async fn present_clients(node: &impl Node, channel: &str) -> Vec<String> {
-    let (_, body) = get(node, &format!("/api/presence/{channel}")).await;
+    let (_, body) = api_get(node, &format!("/api/presence/{channel}")).await;
     let mut clients: Vec<String> = body["clients"]
         .as_array()
         .into_iter()
@@ -270,7 +104,7 @@ async fn present_clients(node: &impl Node, channel: &str) -> Vec<String> {
 
 /// The cluster-wide subscriber count of `channel` in `/api/channels` on `node` (0 if absent).
 async fn subscriber_count(node: &impl Node, channel: &str) -> u64 {
-    let (_, body) = get(node, "/api/channels").await;
+    let (_, body) = api_get(node, "/api/channels").await;
     body["channels"]
         .as_array()
         .into_iter()
@@ -303,16 +137,6 @@ async fn try_connect(node: &impl Node, user: &str) -> Result<(), (u16, String)> 
     }
 }
 
-/// The offsets of a list of `message` frames.
-fn offsets(publications: &Value) -> Vec<u64> {
-    publications
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|p| p["offset"].as_u64())
-        .collect()
-}
-
 // ---- A node killed without warning ----
 
 /// A node killed with SIGKILL is forgotten by the cluster within four heartbeats: its
@@ -322,8 +146,12 @@ fn offsets(publications: &Value) -> Vec<u64> {
 async fn a_node_killed_with_sigkill_is_forgotten_within_four_heartbeats() {
     let redis = RedisServer::start();
     let survivor = ready_node(&redis, "survivor", &["--max-connections-per-user", "1"]).await;
-    let mut doomed =
-        HubProcess::start(&redis, "doomed", &[("HUB_MAX_CONNECTIONS_PER_USER", "1")]).await;
+    let mut doomed = HubProcess::node(
+        &redis.url(),
+        "doomed",
+        &[("HUB_MAX_CONNECTIONS_PER_USER", "1")],
+    )
+    .await;
 
     let mut watcher = connect(&survivor, "sam").await;
     watcher.subscribe("chat:room").await;
@@ -388,7 +216,7 @@ async fn a_node_killed_with_sigkill_is_forgotten_within_four_heartbeats() {
         })
         .await,
         "/api/channels still counts the dead node's subscriber: {}",
-        get(&survivor, "/api/channels").await.1
+        api_get(&survivor, "/api/channels").await.1
     );
     let left = bound.saturating_sub(killed.elapsed());
     let freed = poll_until(left, || async {
@@ -410,8 +238,8 @@ async fn a_node_killed_with_sigkill_is_forgotten_within_four_heartbeats() {
 #[actix_rt::test]
 async fn a_redis_outage_keeps_connections_and_answers_unavailable() {
     let mut redis = RedisServer::start();
-    let mut a = HubProcess::start(&redis, "a", &[]).await;
-    let mut b = HubProcess::start(&redis, "b", &[]).await;
+    let mut a = HubProcess::node(&redis.url(), "a", &[]).await;
+    let mut b = HubProcess::node(&redis.url(), "b", &[]).await;
     let mut on_a = connect(&a, "alice").await;
     let mut on_b = connect(&b, "bob").await;
     on_a.subscribe("feed").await;
@@ -428,12 +256,12 @@ async fn a_redis_outage_keeps_connections_and_answers_unavailable() {
     redis.kill();
 
     for node in [&a, &b] {
-        let not_ready = poll_until(WAIT, || async { get(node, "/ready").await.0 == 503 }).await;
+        let not_ready = poll_until(WAIT, || async { api_get(node, "/ready").await.0 == 503 }).await;
         assert!(not_ready, "/ready stayed 200 with Redis down");
-        let (_, body) = get(node, "/ready").await;
+        let (_, body) = api_get(node, "/ready").await;
         let reason = body["reason"].as_str().unwrap_or_default();
         assert!(reason.contains("redis"), "reason: {body}");
-        assert_eq!(get(node, "/health").await.0, 200);
+        assert_eq!(api_get(node, "/health").await.0, 200);
     }
     for c in [&mut on_a, &mut on_b] {
         assert_eq!(c.request(json!({"type": "ping"})).await["type"], "pong");
@@ -496,8 +324,8 @@ async fn a_redis_outage_keeps_connections_and_answers_unavailable() {
 #[actix_rt::test]
 async fn after_redis_restarts_the_same_subscribers_get_new_publications_on_every_node() {
     let mut redis = RedisServer::start();
-    let mut a = HubProcess::start(&redis, "a", &[]).await;
-    let mut b = HubProcess::start(&redis, "b", &[]).await;
+    let mut a = HubProcess::node(&redis.url(), "a", &[]).await;
+    let mut b = HubProcess::node(&redis.url(), "b", &[]).await;
     let mut on_a = connect(&a, "alice").await;
     let mut on_b = connect(&b, "bob").await;
     let old_epoch = on_a.subscribe("feed").await["epoch"].clone();
@@ -514,7 +342,7 @@ async fn after_redis_restarts_the_same_subscribers_get_new_publications_on_every
     redis.kill();
     for node in [&a, &b] {
         assert!(
-            poll_until(WAIT, || async { get(node, "/ready").await.0 == 503 }).await,
+            poll_until(WAIT, || async { api_get(node, "/ready").await.0 == 503 }).await,
             "/ready stayed 200 with Redis down"
         );
         // Traffic goes on during the outage, and fails.
@@ -524,9 +352,9 @@ async fn after_redis_restarts_the_same_subscribers_get_new_publications_on_every
     redis.restart();
     for node in [&a, &b] {
         assert!(
-            poll_until(WAIT, || async { get(node, "/ready").await.0 == 200 }).await,
+            poll_until(WAIT, || async { api_get(node, "/ready").await.0 == 200 }).await,
             "/ready did not return to 200 after Redis came back: {}",
-            get(node, "/ready").await.1
+            api_get(node, "/ready").await.1
         );
     }
 
@@ -561,8 +389,8 @@ async fn after_redis_restarts_the_same_subscribers_get_new_publications_on_every
 #[actix_rt::test]
 async fn after_redis_restarts_presence_is_reasserted_by_the_heartbeat() {
     let mut redis = RedisServer::start();
-    let mut a = HubProcess::start(&redis, "a", &[]).await;
-    let mut b = HubProcess::start(&redis, "b", &[]).await;
+    let mut a = HubProcess::node(&redis.url(), "a", &[]).await;
+    let mut b = HubProcess::node(&redis.url(), "b", &[]).await;
     let mut on_a = connect(&a, "alice").await;
     let mut on_b = connect(&b, "bob").await;
     on_a.subscribe("chat:room").await;
@@ -579,7 +407,7 @@ async fn after_redis_restarts_presence_is_reasserted_by_the_heartbeat() {
 
     redis.restart();
     assert!(
-        poll_until(WAIT, || async { get(&a, "/ready").await.0 == 200 }).await,
+        poll_until(WAIT, || async { api_get(&a, "/ready").await.0 == 200 }).await,
         "/ready after Redis came back"
     );
     let reasserted = poll_until(HEARTBEAT * 4 + MARGIN, || async {
@@ -605,16 +433,20 @@ async fn after_redis_restarts_presence_is_reasserted_by_the_heartbeat() {
 async fn the_first_requests_after_redis_restarts_are_answered() {
     let mut redis = RedisServer::start();
     let node = ready_node(&redis, "n1", &["--streams", "hub:events"]).await;
-    assert_eq!(get(&node, "/api/info").await.0, 200, "before the restart");
+    assert_eq!(
+        api_get(&node, "/api/info").await.0,
+        200,
+        "before the restart"
+    );
 
     redis.restart();
     assert!(
-        poll_until(WAIT, || async { get(&node, "/ready").await.0 == 200 }).await,
+        poll_until(WAIT, || async { api_get(&node, "/ready").await.0 == 200 }).await,
         "/ready after Redis came back"
     );
-    let (status, body) = get(&node, "/api/info").await;
+    let (status, body) = api_get(&node, "/api/info").await;
     assert_eq!(status, 200, "the first /api/info after the restart: {body}");
-    let (status, body) = get(&node, "/api/deadletters").await;
+    let (status, body) = api_get(&node, "/api/deadletters").await;
     assert_eq!(
         status, 200,
         "the first /api/deadletters after the restart: {body}"
@@ -682,9 +514,7 @@ async fn a_cut_pubsub_link_comes_back_and_fills_the_gap_from_history() {
         .expect("offset");
     assert_eq!(reader.next_of("message").await["offset"], last);
 
-    let mut conn = redis::Client::open(redis.url())
-        .and_then(|c| c.get_connection())
-        .expect("a Redis connection");
+    let mut conn = redis_conn(&redis.url());
     // The node reconnects after at least 100 ms: publications made right after it noticed the
     // cut can only reach its subscriber through history. `/ready` still 503 after them shows
     // they were; a slow machine may need another try.
@@ -698,7 +528,7 @@ async fn a_cut_pubsub_link_comes_back_and_fills_the_gap_from_history() {
             .expect("CLIENT KILL");
         assert!(killed >= 1, "no pub/sub link to cut");
         assert!(
-            poll_until(WAIT, || async { get(&a, "/ready").await.0 == 503 }).await,
+            poll_until(WAIT, || async { api_get(&a, "/ready").await.0 == 503 }).await,
             "node a never noticed its link was cut"
         );
         for _ in 0..3 {
@@ -706,9 +536,9 @@ async fn a_cut_pubsub_link_comes_back_and_fills_the_gap_from_history() {
                 .as_u64()
                 .expect("offset");
         }
-        published_while_cut = get(&a, "/ready").await.0 == 503;
+        published_while_cut = api_get(&a, "/ready").await.0 == 503;
         assert!(
-            poll_until(WAIT, || async { get(&a, "/ready").await.0 == 200 }).await,
+            poll_until(WAIT, || async { api_get(&a, "/ready").await.0 == 200 }).await,
             "node a's link never came back"
         );
         if published_while_cut {
@@ -860,18 +690,11 @@ async fn the_same_event_id_through_two_nodes_is_published_once() {
         delivered.push(once["data"].clone());
     }
     assert_eq!(delivered[0], delivered[1], "one publication, one content");
-    let (_, history) = get(&a, "/api/history/orders").await;
+    let (_, history) = api_get(&a, "/api/history/orders").await;
     assert_eq!(offsets(&history["publications"]), vec![1, 2]);
 }
 
 // ---- Tools for the failures below ----
-
-/// A direct (blocking) connection to `redis`, for looking at or breaking what the hub keeps.
-fn redis_conn(url: &str) -> redis::Connection {
-    redis::Client::open(url)
-        .and_then(|c| c.get_connection())
-        .expect("a Redis connection")
-}
 
 /// How many connections are subscribed to `topic` (`PUBSUB NUMSUB`).
 fn numsub(conn: &mut redis::Connection, topic: &str) -> i64 {
@@ -883,15 +706,6 @@ fn numsub(conn: &mut redis::Connection, topic: &str) -> i64 {
     answer.1
 }
 
-/// Sends `signal` (`-STOP`, `-CONT`) to process `pid`.
-fn signal(signal: &str, pid: &str) {
-    let status = Command::new("kill")
-        .args([signal, pid])
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill {signal} {pid}");
-}
-
 /// A Redis server frozen with SIGSTOP: its connections stay open and nothing answers, as with
 /// a hung server or a long pause. Thawed (SIGCONT) when dropped, even if the test fails.
 struct Frozen {
@@ -900,102 +714,15 @@ struct Frozen {
 
 impl Frozen {
     fn freeze(redis: &RedisServer) -> Frozen {
-        let info: String = redis::cmd("INFO")
-            .arg("server")
-            .query(&mut redis_conn(&redis.url()))
-            .expect("INFO server");
-        let pid = info
-            .lines()
-            .find_map(|l| l.strip_prefix("process_id:"))
-            .expect("process_id in INFO")
-            .trim()
-            .to_owned();
-        signal("-STOP", &pid);
+        let pid = redis.pid().expect("a running redis-server").to_string();
+        signal_pid("STOP", &pid);
         Frozen { pid }
     }
 }
 
 impl Drop for Frozen {
     fn drop(&mut self) {
-        signal("-CONT", &self.pid);
-    }
-}
-
-/// A `redis-server` that keeps what it acknowledged across a SIGKILL (append-only file,
-/// fsynced before every answer), restarted on the same port with the same data.
-struct DurableRedis {
-    port: u16,
-    dir: std::path::PathBuf,
-    child: Option<Child>,
-}
-
-impl Redis for DurableRedis {
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-}
-
-impl DurableRedis {
-    fn start() -> DurableRedis {
-        let port = free_port();
-        let dir = std::env::temp_dir().join(format!(
-            "realtime-hub-durable-redis-{}-{port}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("a data directory");
-        let mut redis = DurableRedis {
-            port,
-            dir,
-            child: None,
-        };
-        redis.launch();
-        redis
-    }
-
-    fn launch(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .arg("--dir")
-            .arg(&self.dir)
-            .args([
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--save",
-                "",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start redis-server");
-        self.child = Some(child);
-        let deadline = Instant::now() + WAIT;
-        // Until it has loaded its data it answers LOADING, not PONG.
-        while !redis::Client::open(self.url())
-            .and_then(|c| c.get_connection())
-            .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
-            .is_ok_and(|pong| pong == "PONG")
-        {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// SIGKILL: whatever it answered before is on disk.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for DurableRedis {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        signal_pid("CONT", &self.pid);
     }
 }
 
@@ -1153,7 +880,7 @@ async fn leaves_of_a_killed_node_reach_every_node_even_if_presence_is_queried_me
     let redis = RedisServer::start();
     let one = ready_node(&redis, "one", &[]).await;
     let two = ready_node(&redis, "two", &[]).await;
-    let mut doomed = HubProcess::start(&redis, "doomed", &[]).await;
+    let mut doomed = HubProcess::node(&redis.url(), "doomed", &[]).await;
     let mut on_one = connect(&one, "ann").await;
     on_one.subscribe("chat:room").await;
     let mut on_two = connect(&two, "bea").await;
@@ -1204,9 +931,9 @@ async fn leaves_of_a_killed_node_reach_every_node_even_if_presence_is_queried_me
 /// removes the other, no `leave` is pushed, presence is unchanged.
 #[actix_rt::test]
 async fn a_redis_restart_with_data_after_every_lease_ran_out_removes_no_node() {
-    let mut redis = DurableRedis::start();
-    let mut a = HubProcess::start(&redis, "a", &[]).await;
-    let mut b = HubProcess::start(&redis, "b", &[]).await;
+    let mut redis = RedisServer::start_durable();
+    let mut a = HubProcess::node(&redis.url(), "a", &[]).await;
+    let mut b = HubProcess::node(&redis.url(), "b", &[]).await;
     let mut on_a = connect(&a, "alice").await;
     on_a.subscribe("chat:room").await;
     let mut on_b = connect(&b, "bob").await;
@@ -1226,7 +953,7 @@ async fn a_redis_restart_with_data_after_every_lease_ran_out_removes_no_node() {
     redis.kill();
     for node in [&a, &b] {
         assert!(
-            poll_until(WAIT, || async { get(node, "/ready").await.0 == 503 }).await,
+            poll_until(WAIT, || async { api_get(node, "/ready").await.0 == 503 }).await,
             "/ready stayed 200 with Redis down"
         );
     }
@@ -1235,7 +962,7 @@ async fn a_redis_restart_with_data_after_every_lease_ran_out_removes_no_node() {
     redis.launch();
     for node in [&a, &b] {
         assert!(
-            poll_until(WAIT, || async { get(node, "/ready").await.0 == 200 }).await,
+            poll_until(WAIT, || async { api_get(node, "/ready").await.0 == 200 }).await,
             "/ready did not come back after the restart"
         );
     }
@@ -1253,7 +980,7 @@ async fn a_redis_restart_with_data_after_every_lease_ran_out_removes_no_node() {
         "a node was taken for dead"
     );
     for node in [&a, &b] {
-        let log = node.stderr_text();
+        let log = node.stderr.text();
         assert!(
             !log.contains("removing a node that stopped renewing"),
             "a node was taken for dead:\n{log}"
@@ -1340,10 +1067,10 @@ async fn a_command_redis_refuses_answers_internal_and_the_node_stays_ready() {
         .await;
     assert_eq!(reply["code"], "internal", "{reply}");
     assert_eq!(
-        get(&a, "/ready").await.0,
+        api_get(&a, "/ready").await.0,
         200,
         "{}",
-        get(&a, "/ready").await.1
+        api_get(&a, "/ready").await.1
     );
     api_publish(&a, "fine", json!(1)).await;
 }
@@ -1378,7 +1105,7 @@ async fn a_publication_refused_half_way_is_not_taken_for_a_duplicate_later() {
     let (status, answer) = post(&a, "/api/publish", body).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["offset"], 2, "published, not a duplicate: {answer}");
-    let (_, page) = get(&a, "/api/history/half").await;
+    let (_, page) = api_get(&a, "/api/history/half").await;
     assert_eq!(page["offset"], 2, "{page}");
 }
 
@@ -1402,7 +1129,7 @@ async fn a_presence_write_redis_refuses_does_not_hold_up_the_next() {
     next.subscribe("chat:good").await;
     let took = started.elapsed();
     assert!(took < Duration::from_secs(1), "subscribed after {took:?}");
-    let (_, body) = get(&a, "/api/presence/chat:good").await;
+    let (_, body) = api_get(&a, "/api/presence/chat:good").await;
     assert_eq!(users_of(&body["clients"]), ["next"], "{body}");
 }
 
@@ -1512,7 +1239,7 @@ async fn while_redis_hangs_the_server_api_answers_503_within_the_deadline() {
         "/api/channels",
     ] {
         let started = Instant::now();
-        let (status, body) = get(&a, path).await;
+        let (status, body) = api_get(&a, path).await;
         let took = started.elapsed();
         assert_eq!(
             (status, body["error"]["code"].as_str()),
@@ -1533,7 +1260,7 @@ async fn while_redis_is_down_the_server_api_answers_503_within_the_deadline() {
     let a = ready_node(&redis, "a", &[]).await;
     redis.kill();
     assert!(
-        poll_until(WAIT, || async { get(&a, "/ready").await.0 == 503 }).await,
+        poll_until(WAIT, || async { api_get(&a, "/ready").await.0 == 503 }).await,
         "/ready stayed 200 with Redis down"
     );
     for path in [
@@ -1543,7 +1270,7 @@ async fn while_redis_is_down_the_server_api_answers_503_within_the_deadline() {
         "/api/channels",
     ] {
         let started = Instant::now();
-        let (status, body) = get(&a, path).await;
+        let (status, body) = api_get(&a, path).await;
         let took = started.elapsed();
         assert_eq!(
             (status, body["error"]["code"].as_str()),
@@ -1563,7 +1290,7 @@ async fn a_subscribe_refused_during_an_outage_works_once_redis_is_back() {
     let mut c = connect(&a, "u").await;
     redis.kill();
     assert!(
-        poll_until(WAIT, || async { get(&a, "/ready").await.0 == 503 }).await,
+        poll_until(WAIT, || async { api_get(&a, "/ready").await.0 == 503 }).await,
         "/ready stayed 200 with Redis down"
     );
     let refused = c
@@ -1573,7 +1300,7 @@ async fn a_subscribe_refused_during_an_outage_works_once_redis_is_back() {
 
     redis.restart();
     assert!(
-        poll_until(WAIT, || async { get(&a, "/ready").await.0 == 200 }).await,
+        poll_until(WAIT, || async { api_get(&a, "/ready").await.0 == 200 }).await,
         "/ready after Redis came back"
     );
     let topic = realtime_hub::engine::redis::Keys::new("hub").topic("later");
@@ -1610,7 +1337,7 @@ async fn after_an_outage_past_the_backoff_cap_the_link_is_back_within_two_second
     reader.subscribe("feed").await;
     redis.kill();
     assert!(
-        poll_until(WAIT, || async { get(&a, "/ready").await.0 == 503 }).await,
+        poll_until(WAIT, || async { api_get(&a, "/ready").await.0 == 503 }).await,
         "/ready stayed 200 with Redis down"
     );
     // The scenario: 100 ms doubling reaches the 2 s cap after about 3 s of failed attempts.
@@ -1657,7 +1384,7 @@ async fn after_an_outage_past_the_backoff_cap_the_link_is_back_within_two_second
 #[actix_rt::test]
 async fn recovering_clients_get_every_acknowledged_publication_across_a_redis_restart() {
     use std::cell::{Cell, RefCell};
-    let mut redis = DurableRedis::start();
+    let mut redis = RedisServer::start_durable();
     let url = redis.url();
     let settings = ["--history-size", "100000", "--client-rate", "100000"];
     let nodes = [

@@ -54,12 +54,7 @@ async fn recovery_works_on_another_node() {
         )
         .await;
     assert_eq!(s["recovered"], true);
-    let offsets: Vec<u64> = s["publications"]
-        .as_array()
-        .expect("list")
-        .iter()
-        .filter_map(|p| p["offset"].as_u64())
-        .collect();
+    let offsets = offsets(&s["publications"]);
     assert_eq!(offsets, vec![2, 3, 4]);
 }
 
@@ -75,12 +70,7 @@ async fn history_and_dedup_through_redis() {
     let h = c
         .request(json!({"type": "history", "channel": "h", "limit": 10}))
         .await;
-    let offsets: Vec<u64> = h["publications"]
-        .as_array()
-        .expect("list")
-        .iter()
-        .filter_map(|p| p["offset"].as_u64())
-        .collect();
+    let offsets = offsets(&h["publications"]);
     assert_eq!(offsets, vec![3, 4, 5]);
     let since = c
         .request(json!({"type": "history", "channel": "h", "limit": 1, "since": {"offset": 3, "epoch": h["epoch"]}}))

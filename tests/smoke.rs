@@ -1,3 +1,5 @@
+//! The smallest end-to-end check: one client, one channel, its own publication back.
+
 mod common;
 use common::*;
 use serde_json::json;

@@ -13,9 +13,6 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -25,22 +22,6 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
 // ---- Redis, as a service sees it ----
-
-fn redis_conn(redis: &RedisServer) -> redis::Connection {
-    redis::Client::open(redis.url())
-        .and_then(|c| c.get_connection())
-        .expect("a connection to the test redis")
-}
-
-/// Appends an entry and returns its id.
-fn xadd(conn: &mut redis::Connection, stream: &str, fields: &[(&str, &str)]) -> String {
-    let mut cmd = redis::cmd("XADD");
-    cmd.arg(stream).arg("*");
-    for (k, v) in fields {
-        cmd.arg(*k).arg(*v);
-    }
-    cmd.query(conn).expect("XADD")
-}
 
 /// Entries pending in the `hub` group of `stream`, per consumer.
 fn pending_by_consumer(conn: &mut redis::Connection, stream: &str) -> Vec<(String, u64)> {
@@ -110,23 +91,6 @@ fn consumers(conn: &mut redis::Connection, stream: &str) -> Vec<String> {
             redis::from_redis_value_ref(fields.get("name")?).ok()
         })
         .collect()
-}
-
-/// Makes the engine's publish of `event_id` in `channel` fail until [`repair`]: its dedup key
-/// becomes a list, so the publish script's `GET` fails with WRONGTYPE.
-fn break_publish(conn: &mut redis::Connection, channel: &str, event_id: &str) {
-    let _: i64 = redis::cmd("RPUSH")
-        .arg(Keys::new("hub").dedup(channel, event_id))
-        .arg("not a dedup entry")
-        .query(conn)
-        .expect("RPUSH");
-}
-
-fn repair(conn: &mut redis::Connection, channel: &str, event_id: &str) {
-    let _: i64 = redis::cmd("DEL")
-        .arg(Keys::new("hub").dedup(channel, event_id))
-        .query(conn)
-        .expect("DEL");
 }
 
 // ---- The subscriber's side ----
@@ -215,15 +179,7 @@ async fn retrying_node(
     stream: &str,
     channel: &str,
 ) -> (TestApp, redis::Connection, Client) {
-    let node = spawn_node(
-        redis,
-        "a",
-        &["--streams", stream, "--stream-max-deliveries", "100"],
-    );
-    let conn = redis_conn(redis);
-    let mut c = Client::connect(&node, "u").await;
-    c.subscribe(channel).await;
-    (node, conn, c)
+    ingesting_node(redis, stream, channel, &["--stream-max-deliveries", "100"]).await
 }
 
 /// A node that ingests no stream (`--streams ""`), to hold subscribers that must not race the
@@ -240,7 +196,7 @@ fn spawn_watcher(redis: &RedisServer) -> TestApp {
 async fn an_entry_reaches_subscribers_with_its_data_untouched() {
     let redis = RedisServer::start();
     let node = spawn_node(&redis, "a", &["--streams", "t1:events"]);
-    let mut conn = redis_conn(&redis);
+    let mut conn = redis_conn(&redis.url());
     let mut c = Client::connect(&node, "u").await;
     c.subscribe("dashboard:orders").await;
 
@@ -295,7 +251,7 @@ async fn an_entry_reaches_subscribers_with_its_data_untouched() {
 async fn entries_with_an_event_id_already_published_are_not_published_again() {
     let redis = RedisServer::start();
     let node = spawn_node(&redis, "a", &["--streams", "t2:events"]);
-    let mut conn = redis_conn(&redis);
+    let mut conn = redis_conn(&redis.url());
     let mut c = Client::connect(&node, "u").await;
     c.subscribe("d:c").await;
     for n in [1, 1, 2] {
@@ -325,7 +281,7 @@ async fn poison_entries_are_dead_lettered_and_never_block_the_entries_behind_the
         "a",
         &["--streams", "t3:events", "--max-publication-bytes", "1024"],
     );
-    let mut conn = redis_conn(&redis);
+    let mut conn = redis_conn(&redis.url());
     let mut c = Client::connect(&node, "u").await;
     c.subscribe("p:c").await;
 
@@ -415,7 +371,7 @@ async fn poison_entries_are_dead_lettered_and_never_block_the_entries_behind_the
 async fn dead_letters_are_deleted_by_id() {
     let redis = RedisServer::start();
     let node = spawn_node(&redis, "a", &["--streams", "t7:events"]);
-    let mut conn = redis_conn(&redis);
+    let mut conn = redis_conn(&redis.url());
     xadd(&mut conn, "t7:events", &[("data", "1")]);
     xadd(&mut conn, "t7:events", &[("data", "2")]);
     let mut listed = Vec::new();
@@ -486,15 +442,7 @@ async fn dead_letters_are_deleted_by_id() {
 /// streams in `/api/info`.
 #[actix_rt::test]
 async fn without_redis_there_are_no_dead_letters() {
-    let node = spawn_app_args(&[
-        "realtime-hub",
-        "--bind",
-        "127.0.0.1:0",
-        "--jwt-secret",
-        SECRET,
-        "--api-key",
-        API_KEY,
-    ]);
+    let node = spawn_memory_app(&[]);
     assert_eq!(
         api_get(&node, "/api/deadletters").await,
         (200, json!({"entries": []}))
@@ -524,7 +472,7 @@ async fn without_redis_there_are_no_dead_letters() {
 async fn a_batch_never_gives_an_offset_twice_when_another_channel_is_broken() {
     let redis = RedisServer::start();
     let node = spawn_node(&redis, "a", &["--streams", "t14:events"]);
-    let mut conn = redis_conn(&redis);
+    let mut conn = redis_conn(&redis.url());
     let publish = |body: serde_json::Value| {
         let node = &node;
         async move {
@@ -763,7 +711,7 @@ async fn a_persistent_failure_is_dead_lettered_and_its_replay_delivers_it_once_f
         "a",
         &["--streams", "t5:events", "--stream-max-deliveries", "2"],
     );
-    let mut conn = redis_conn(&redis);
+    let mut conn = redis_conn(&redis.url());
     let mut c = Client::connect(&node, "u").await;
     c.subscribe("f:c").await;
     break_publish(&mut conn, "f:c", "ev-1");
@@ -835,7 +783,7 @@ async fn a_persistent_failure_is_dead_lettered_and_its_replay_delivers_it_once_f
 #[actix_rt::test]
 async fn an_entry_delivered_more_than_max_deliveries_times_is_dead_lettered_with_its_reason() {
     let redis = RedisServer::start();
-    let mut conn = redis_conn(&redis);
+    let mut conn = redis_conn(&redis.url());
     let stream = "t13:events";
     let _: () = redis::cmd("XGROUP")
         .arg("CREATE")
@@ -917,21 +865,18 @@ async fn an_entry_delivered_more_than_max_deliveries_times_is_dead_lettered_with
 async fn lag_is_null_where_redis_cannot_tell() {
     let redis = RedisServer::start();
     let stream = "t14:events";
-    let node = spawn_node(
+    let (node, mut conn, mut c) = ingesting_node(
         &redis,
-        "a",
+        stream,
+        "l:c",
         &[
-            "--streams",
-            stream,
             "--stream-max-deliveries",
             "1000",
             "--stream-claim-idle-ms",
             "1000",
         ],
-    );
-    let mut conn = redis_conn(&redis);
-    let mut c = Client::connect(&node, "u").await;
-    c.subscribe("l:c").await;
+    )
+    .await;
     // The first entry is retried (and the group's position stays on it) until repaired.
     break_publish(&mut conn, "l:c", "ev-1");
     let first = xadd(
@@ -1013,7 +958,7 @@ async fn a_replayed_dead_letter_keeps_the_idempotency_key_of_its_original_entry(
     let redis = RedisServer::start();
     let stream = "t16:events";
     let node = spawn_node(&redis, "a", &["--streams", stream]);
-    let mut conn = redis_conn(&redis);
+    let mut conn = redis_conn(&redis.url());
     let mut c = Client::connect(&node, "u").await;
     c.subscribe("rp:c").await;
     // As a node left it whose publish of entry 1700000000000-0 went through but whose
@@ -1148,7 +1093,7 @@ async fn the_dead_letter_routes_answer_unavailable_promptly_while_redis_hangs() 
 #[actix_rt::test]
 async fn a_restarted_node_rereads_its_own_pending_entries() {
     let redis = RedisServer::start();
-    let mut conn = redis_conn(&redis);
+    let mut conn = redis_conn(&redis.url());
     let stream = "t6:events";
     // As node "a" left it when it died: it had taken three entries, published the first and
     // acknowledged none.
@@ -1202,91 +1147,20 @@ async fn a_restarted_node_rereads_its_own_pending_entries() {
     until_pending(&mut conn, stream, 0, "all acknowledged").await;
 }
 
-/// The real binary as a subprocess; dropping it SIGKILLs it.
-struct HubProcess {
-    child: Child,
-    addr: String,
-    stderr: Arc<Mutex<Vec<String>>>,
-}
-
-impl HubProcess {
-    async fn start(redis: &RedisServer, node: &str, extra: &[(&str, &str)]) -> HubProcess {
-        let addr = format!("127.0.0.1:{}", free_port());
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_realtime-hub"));
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("HUB_") {
-                cmd.env_remove(key);
-            }
-        }
-        cmd.env("HUB_BIND", &addr)
-            .env("HUB_REDIS_URL", redis.url())
-            .env("HUB_NODE_ID", node)
-            .env("HUB_NODE_HEARTBEAT_S", "1")
-            .env("HUB_JWT_SECRET", SECRET)
-            .env("HUB_API_KEY", API_KEY)
-            .env("HUB_WORKERS", "1")
-            .envs(extra.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("start realtime-hub");
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let pipe = child.stderr.take().expect("stderr pipe");
-        let sink = Arc::clone(&stderr);
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                sink.lock().expect("stderr lock").push(line);
-            }
-        });
-        let hub = HubProcess {
-            child,
-            addr,
-            stderr,
-        };
-        let ready = format!("http://{}/ready", hub.addr);
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Ok(res) = http().get(&ready).send().await {
-                if res.status() == 200 {
-                    break;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "node {node} never became ready:\n{}",
-                hub.stderr.lock().expect("stderr lock").join("\n")
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        hub
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for HubProcess {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 /// A node killed with SIGKILL while it holds pending entries: another node claims them after
 /// the claim idle time and a subscriber receives each exactly once, in stream order; the dead
 /// node's consumer is then removed from the group.
 #[actix_rt::test]
 async fn entries_of_a_node_killed_with_sigkill_are_claimed_by_another_and_delivered_once() {
     let redis = RedisServer::start();
-    let mut conn = redis_conn(&redis);
+    let mut conn = redis_conn(&redis.url());
     let stream = "t8:events";
     // The first entry cannot be published until repaired, so the doomed node keeps all twenty
     // pending (the others wait behind it).
     break_publish(&mut conn, "k:c", "ev-1");
     xadd_many(&mut conn, stream, &entries_with_ids("k:c", "ev", 20));
-    let mut doomed = HubProcess::start(
-        &redis,
+    let mut doomed = HubProcess::node(
+        &redis.url(),
         "doomed",
         &[
             ("HUB_STREAMS", stream),
@@ -1334,7 +1208,7 @@ async fn entries_of_a_node_killed_with_sigkill_are_claimed_by_another_and_delive
 #[actix_rt::test]
 async fn entries_published_but_not_acknowledged_by_a_killed_node_are_delivered_once() {
     let redis = RedisServer::start();
-    let mut conn = redis_conn(&redis);
+    let mut conn = redis_conn(&redis.url());
     let stream = "t15:events";
     let _: () = redis::cmd("ACL")
         .arg("SETUSER")
@@ -1351,8 +1225,8 @@ async fn entries_published_but_not_acknowledged_by_a_killed_node_are_delivered_o
     let mut c = Client::connect(&watcher, "u").await;
     c.subscribe("q:c").await;
     let url = format!("redis://noack:noack-password@127.0.0.1:{}/0", redis.port);
-    let mut doomed = HubProcess::start(
-        &redis,
+    let mut doomed = HubProcess::node(
+        &redis.url(),
         "doomed",
         &[
             ("HUB_REDIS_URL", url.as_str()),
@@ -1401,7 +1275,7 @@ async fn entries_published_but_not_acknowledged_by_a_killed_node_are_delivered_o
 #[actix_rt::test]
 async fn a_node_stopped_mid_burst_leaves_nothing_behind() {
     let redis = RedisServer::start();
-    let mut conn = redis_conn(&redis);
+    let mut conn = redis_conn(&redis.url());
     let stream = "t9:events";
     let flags = [
         "--streams",
@@ -1461,22 +1335,93 @@ async fn a_node_stopped_mid_burst_leaves_nothing_behind() {
     );
 }
 
-/// A stopped node does not wait out its blocking read: the stop releases it.
+/// The reader's blocking read (`XREADGROUP ... BLOCK`, up to 1 s in the hub) as Redis sees it:
+/// whether a connection is blocked in one right now (`CLIENT LIST`: `flags` with `b`).
+fn reader_blocked(conn: &mut redis::Connection) -> bool {
+    let clients: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query(conn)
+        .expect("CLIENT LIST");
+    clients.lines().any(|c| {
+        let field = |name: &str| {
+            c.split(' ')
+                .find_map(|f| f.strip_prefix(name))
+                .unwrap_or_default()
+        };
+        field("cmd=") == "xreadgroup" && field("flags=").contains('b')
+    })
+}
+
+/// Polls [`reader_blocked`] every few milliseconds (the events here are shorter than 50 ms
+/// polls would resolve) until it answers `blocked`; when it did, how long that took.
+async fn until_reader_blocked(
+    conn: &mut redis::Connection,
+    blocked: bool,
+    within: Duration,
+) -> Option<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < within {
+        if reader_blocked(conn) == blocked {
+            return Some(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    None
+}
+
+/// A stopped node does not wait out its blocking read: the stop releases it (`CLIENT
+/// UNBLOCK`) long before the read's own timeout.
+///
+/// An entry ends the reader's current read, so the read it blocks in next began after the
+/// entry was appended and cannot time out before a full block (1 s) after it. The node is
+/// stopped as soon as Redis shows that read blocked; the test asserts that Redis shows it
+/// released well before that full block, so a stop that waited the read out fails whatever
+/// the machine's load. A cycle in which the machine was too slow to stop in time is retried.
 #[actix_rt::test]
 async fn an_idle_node_stops_without_waiting_for_its_blocking_read() {
+    /// The hub's longest blocking read (`MAX_BLOCK` in `bridge::streams`).
+    const BLOCK: Duration = Duration::from_secs(1);
+    /// Released before this, counted from the entry: only a release, not a timeout, can be.
+    const RELEASED_WITHIN: Duration = Duration::from_millis(900);
+    /// A cycle in which the stop came later than this after the entry proves nothing.
+    const STOP_BY: Duration = Duration::from_millis(400);
     let redis = RedisServer::start();
-    let mut conn = redis_conn(&redis);
-    let mut node = spawn_node(&redis, "a", &["--streams", "t10:events"]);
+    let mut conn = redis_conn(&redis.url());
+    let stream = "t10:events";
+    let mut node = spawn_node(&redis, "a", &["--streams", stream]);
+    let mut c = Client::connect(&node, "u").await;
+    c.subscribe("t10:c").await;
     eventually("the node reads the stream", || {
-        let names = consumers_or_none(&mut conn, "t10:events");
+        let names = consumers_or_none(&mut conn, stream);
         async move { names == ["a"] }
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let mut appended_at = None;
+    for n in 1..=10 {
+        let appended = Instant::now();
+        xadd_many(&mut conn, stream, &[entry("t10:c", n)]);
+        assert_eq!(numbers(&mut c, 1).await, [n], "the entry ended the read");
+        let blocked = until_reader_blocked(&mut conn, true, WAIT).await;
+        assert!(blocked.is_some(), "the reader never blocked again");
+        if appended.elapsed() < STOP_BY {
+            appended_at = Some(appended);
+            break;
+        }
+    }
+    let appended = appended_at.expect("one of ten cycles stopped the node in time");
+    node.begin_stop();
+    let released = until_reader_blocked(&mut conn, false, BLOCK * 3).await;
+    let since_entry = appended.elapsed();
+    assert!(released.is_some(), "the blocking read was never released");
+    assert!(
+        since_entry < RELEASED_WITHIN,
+        "the read ended {since_entry:?} after the entry: it timed out instead of being released"
+    );
     let started = Instant::now();
     node.stop();
     let took = started.elapsed();
-    assert!(took < Duration::from_millis(900), "stop took {took:?}");
+    assert!(took < Duration::from_secs(3), "stop took {took:?}");
 }
 
 fn consumers_or_none(conn: &mut redis::Connection, stream: &str) -> Vec<String> {
@@ -1498,7 +1443,7 @@ async fn ingestion_resumes_after_a_redis_restart() {
     let node = spawn_node(&redis, "a", &["--streams", "t12:events"]);
     let mut c = Client::connect(&node, "u").await;
     c.subscribe("z:c").await;
-    let mut conn = redis_conn(&redis);
+    let mut conn = redis_conn(&redis.url());
     xadd(
         &mut conn,
         "t12:events",
@@ -1507,7 +1452,7 @@ async fn ingestion_resumes_after_a_redis_restart() {
     assert_eq!(numbers(&mut c, 1).await, vec![1]);
 
     redis.restart();
-    let mut conn = redis_conn(&redis);
+    let mut conn = redis_conn(&redis.url());
     eventually("the group is created again", || {
         let names = consumers_or_none(&mut conn, "t12:events");
         async move { names == ["a"] }
@@ -1533,7 +1478,7 @@ async fn ingestion_resumes_after_a_redis_restart() {
 #[actix_rt::test]
 async fn a_burst_of_ten_thousand_entries_arrives_exactly_once_in_stream_order() {
     let redis = RedisServer::start();
-    let mut conn = redis_conn(&redis);
+    let mut conn = redis_conn(&redis.url());
     let node = spawn_node(
         &redis,
         "a",
@@ -1572,12 +1517,12 @@ async fn a_burst_of_ten_thousand_entries_arrives_exactly_once_in_stream_order() 
 #[actix_rt::test]
 async fn demo_events_reach_dashboard_subscribers_as_domain_envelopes() {
     let redis = RedisServer::start();
-    let mut conn = redis_conn(&redis);
+    let mut conn = redis_conn(&redis.url());
     let node = spawn_node(&redis, "a", &[]);
     let mut c = Client::connect(&node, "u").await;
     c.subscribe("dashboard:orders").await;
     c.subscribe("dashboard:sensors").await;
-    let out = Command::new(env!("CARGO_BIN_EXE_realtime-hub"))
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_realtime-hub"))
         .args(["demo-events", "--rate", "40", "--duration", "1"])
         .env("HUB_REDIS_URL", redis.url())
         .output()
@@ -1623,7 +1568,7 @@ async fn demo_events_reach_dashboard_subscribers_as_domain_envelopes() {
     );
     c.expect_silence(Duration::from_millis(300)).await;
 
-    let without = Command::new(env!("CARGO_BIN_EXE_realtime-hub"))
+    let without = std::process::Command::new(env!("CARGO_BIN_EXE_realtime-hub"))
         .args(["demo-events", "--duration", "1"])
         .env_remove("HUB_REDIS_URL")
         .output()

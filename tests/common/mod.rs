@@ -1,18 +1,25 @@
-//! The test harness: the real hub on port 0 in its own actix system, real WebSocket clients
-//! (tokio-tungstenite) and a real HTTP client (awc), and token minting.
+//! The test harness, the one place each piece of it is written: the real hub on port 0 in its
+//! own actix system (here), the real binary as a subprocess ([`process`]), a real
+//! `redis-server` per test and connections to it ([`redis_server`]), real WebSocket clients
+//! ([`ws`]), a real HTTP client (awc), and token minting.
 #![allow(dead_code)]
+
+mod process;
+mod redis_server;
+mod ws;
+
+#[allow(unused_imports)]
+pub use process::*;
+#[allow(unused_imports)]
+pub use redis_server::*;
+#[allow(unused_imports)]
+pub use ws::*;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
 use jsonwebtoken::{encode, EncodingKey, Header};
 use serde_json::{json, Value};
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use realtime_hub::config::ServeArgs;
 
@@ -64,14 +71,13 @@ impl Drop for TestApp {
     }
 }
 
-/// A node with the test secret and API key and the given extra flags.
-pub fn spawn_app_with(extra: &[&str]) -> TestApp {
+/// The arguments of every in-process node: port 0, the test API key, two workers, a 3 s
+/// shutdown timeout, then `auth` (how it verifies tokens) and `extra`.
+pub fn node_args<'a>(auth: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec![
         "realtime-hub",
         "--bind",
         "127.0.0.1:0",
-        "--jwt-secret",
-        SECRET,
         "--api-key",
         API_KEY,
         "--workers",
@@ -79,7 +85,20 @@ pub fn spawn_app_with(extra: &[&str]) -> TestApp {
         "--shutdown-timeout-s",
         "3",
     ];
+    args.extend_from_slice(auth);
     args.extend_from_slice(extra);
+    args
+}
+
+/// A memory-engine node with the test secret and API key and `extra` flags, whatever
+/// `HUB_TEST_ENGINE` says.
+pub fn spawn_memory_app(extra: &[&str]) -> TestApp {
+    spawn_app_args(&node_args(&["--jwt-secret", SECRET], extra))
+}
+
+/// A node with the test secret and API key and the given extra flags.
+pub fn spawn_app_with(extra: &[&str]) -> TestApp {
+    let mut args = node_args(&["--jwt-secret", SECRET], extra);
     // The same suite runs against the Redis engine when asked to, each node on its own Redis.
     let redis = (std::env::var("HUB_TEST_ENGINE").as_deref() == Ok("redis")
         && !extra.contains(&"--redis-url"))
@@ -184,338 +203,68 @@ pub fn token_with(user: &str, extra: Value) -> String {
     sign(&claims, SECRET)
 }
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-/// A real WebSocket client speaking the hub's JSON protocol.
-pub struct Client {
-    pub ws: Ws,
-    next_id: u64,
-    /// Frames received while waiting for something else, in order.
-    pending: std::collections::VecDeque<Value>,
-    pub welcome: Value,
-}
-
-fn ws_config() -> WebSocketConfig {
-    // Small read buffer: the default 128 KiB one is zero-filled on every read.
-    WebSocketConfig::default().read_buffer_size(4096)
-}
-
-/// Opens a WebSocket to `url` without waiting for any frame.
-pub async fn open(url: &str) -> Ws {
-    let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(ws_config()), false)
-        .await
-        .expect("websocket upgrade");
-    ws
-}
-
-/// Opens a WebSocket with extra request headers.
-pub async fn open_with_headers(url: &str, headers: &[(&str, &str)]) -> Ws {
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let mut req = url.into_client_request().expect("request");
-    for (k, v) in headers {
-        req.headers_mut().insert(
-            tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes())
-                .expect("name"),
-            v.parse().expect("value"),
-        );
-    }
-    let (ws, _) = tokio_tungstenite::connect_async_with_config(req, Some(ws_config()), false)
-        .await
-        .expect("websocket upgrade");
-    ws
-}
-
-/// Reads until a close frame (or the end) and returns its code and reason.
-pub async fn expect_close(ws: &mut Ws) -> (u16, String) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let next = tokio::time::timeout_at(deadline, ws.next())
-            .await
-            .expect("close within the wait");
-        match next {
-            Some(Ok(Message::Close(Some(frame)))) => {
-                return (u16::from(frame.code), frame.reason.to_string())
-            }
-            Some(Ok(Message::Close(None))) => return (1005, String::new()),
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => panic!("connection error instead of a close frame: {e}"),
-            None => panic!("connection ended without a close frame"),
-        }
-    }
-}
-
-impl Client {
-    /// Connects as `user` with a valid token and waits for `welcome`.
-    pub async fn connect(app: &TestApp, user: &str) -> Client {
-        Client::connect_token(app, &token(user)).await
-    }
-
-    pub async fn connect_token(app: &TestApp, token: &str) -> Client {
-        let ws = open(&format!("{}?token={}", app.ws_url(), token)).await;
-        let mut c = Client {
-            ws,
-            next_id: 1,
-            pending: Default::default(),
-            welcome: Value::Null,
-        };
-        let welcome = c.next_frame().await;
-        assert_eq!(welcome["type"], "welcome", "first frame: {welcome}");
-        c.welcome = welcome;
-        c
-    }
-
-    pub fn client_id(&self) -> String {
-        self.welcome["client"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned()
-    }
-
-    pub async fn send(&mut self, frame: Value) {
-        self.ws
-            .send(Message::text(frame.to_string()))
-            .await
-            .expect("send");
-    }
-
-    pub async fn send_raw(&mut self, msg: Message) {
-        self.ws.send(msg).await.expect("send");
-    }
-
-    /// The next JSON frame from the server (held frames first).
-    pub async fn next_frame(&mut self) -> Value {
-        if let Some(v) = self.pending.pop_front() {
-            return v;
-        }
-        self.read_frame().await
-    }
-
-    async fn read_frame(&mut self) -> Value {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let next = tokio::time::timeout_at(deadline, self.ws.next())
-                .await
-                .expect("a frame within the wait");
-            match next {
-                Some(Ok(Message::Text(t))) => {
-                    return serde_json::from_str(t.as_str()).expect("server frames are JSON")
-                }
-                Some(Ok(Message::Ping(_))) | Some(Ok(Message::Pong(_))) => continue,
-                other => panic!("expected a text frame, got {other:?}"),
-            }
-        }
-    }
-
-    /// Sends a request with a fresh id and returns the reply with that id; other frames are
-    /// held for `next_frame`.
-    pub async fn request(&mut self, mut frame: Value) -> Value {
-        let id = self.next_id;
-        self.next_id += 1;
-        frame["id"] = json!(id);
-        self.send(frame).await;
-        self.reply_to(id).await
-    }
-
-    /// Waits for the reply carrying `id`, holding other frames.
-    pub async fn reply_to(&mut self, id: u64) -> Value {
-        if let Some(pos) = self.pending.iter().position(|f| f["id"] == json!(id)) {
-            return self.pending.remove(pos).unwrap_or_default();
-        }
-        loop {
-            let f = self.read_frame().await;
-            if f["id"] == json!(id) {
-                return f;
-            }
-            self.pending.push_back(f);
-        }
-    }
-
-    pub async fn subscribe(&mut self, channel: &str) -> Value {
-        let r = self
-            .request(json!({"type": "subscribe", "channel": channel}))
-            .await;
-        assert_eq!(r["type"], "subscribed", "subscribe reply: {r}");
-        r
-    }
-
-    pub async fn publish(&mut self, channel: &str, data: Value) -> Value {
-        let r = self
-            .request(json!({"type": "publish", "channel": channel, "data": data}))
-            .await;
-        assert_eq!(r["type"], "published", "publish reply: {r}");
-        r
-    }
-
-    /// The next push of the given type (held frames first; others are skipped).
-    pub async fn next_of(&mut self, kind: &str) -> Value {
-        loop {
-            let f = self.next_frame().await;
-            if f["type"] == kind {
-                return f;
-            }
-        }
-    }
-
-    /// Asserts that nothing arrives for `dur` (used only to show the absence of a push).
-    pub async fn expect_silence(&mut self, dur: Duration) {
-        assert!(self.pending.is_empty(), "held frames: {:?}", self.pending);
-        match tokio::time::timeout(dur, self.ws.next()).await {
-            Err(_) => {}
-            Ok(Some(Ok(Message::Ping(_)))) | Ok(Some(Ok(Message::Pong(_)))) => {}
-            Ok(other) => panic!("expected silence, got {other:?}"),
-        }
-    }
-
-    pub async fn expect_close(&mut self) -> (u16, String) {
-        expect_close(&mut self.ws).await
-    }
-
-    /// The next raw WebSocket message, whatever it is.
-    pub async fn ws_next(
-        &mut self,
-    ) -> Option<Result<Message, tokio_tungstenite::tungstenite::Error>> {
-        self.ws.next().await
-    }
-}
-
-/// The close code a given url's connection gets right after the upgrade.
-pub async fn close_of(url: &str) -> (u16, String) {
-    let mut ws = open(url).await;
-    expect_close(&mut ws).await
-}
-
-pub fn code(c: CloseCode) -> u16 {
-    u16::from(c)
-}
-
 /// An HTTP client for the server API.
 pub fn http() -> awc::Client {
     awc::Client::builder().timeout(WAIT).finish()
 }
 
-/// POSTs JSON text with the API key; returns status and parsed body.
-pub async fn api_post(app: &TestApp, path: &str, body: &str) -> (u16, Value) {
-    let mut res = http()
-        .post(app.http(path))
-        .insert_header(("X-API-Key", API_KEY))
-        .insert_header(("Content-Type", "application/json"))
-        .send_body(body.to_owned())
-        .await
-        .expect("http request");
+/// A hub node the test can reach over HTTP and WebSocket, wherever it runs (in process or a
+/// subprocess).
+pub trait Node {
+    /// `http://host:port` of the node.
+    fn base(&self) -> String;
+
+    /// The node's WebSocket endpoint.
+    fn ws(&self) -> String {
+        format!("{}/ws", self.base().replacen("http://", "ws://", 1))
+    }
+}
+
+impl Node for TestApp {
+    fn base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+/// POSTs JSON text with the API key; returns status and parsed body (`Null` if not JSON).
+pub async fn api_post(node: &impl Node, path: &str, body: &str) -> (u16, Value) {
+    post_url(&format!("{}{path}", node.base()), Some(API_KEY), body).await
+}
+
+/// GETs with the API key; returns status and parsed body (`Null` if not JSON).
+pub async fn api_get(node: &impl Node, path: &str) -> (u16, Value) {
+    get_url(&format!("{}{path}", node.base()), Some(API_KEY)).await
+}
+
+/// POSTs JSON text to `url`, with `key` as `X-API-Key` if given.
+pub async fn post_url(url: &str, key: Option<&str>, body: &str) -> (u16, Value) {
+    let mut req = http()
+        .post(url)
+        .insert_header(("Content-Type", "application/json"));
+    if let Some(key) = key {
+        req = req.insert_header(("X-API-Key", key));
+    }
+    let mut res = req.send_body(body.to_owned()).await.expect("http request");
     let status = res.status().as_u16();
     let body = res.body().limit(16 << 20).await.expect("body");
     (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
 }
 
-pub async fn api_get(app: &TestApp, path: &str) -> (u16, Value) {
-    let mut res = http()
-        .get(app.http(path))
-        .insert_header(("X-API-Key", API_KEY))
-        .send()
-        .await
-        .expect("http request");
+/// GETs `url`, with `key` as `X-API-Key` if given.
+pub async fn get_url(url: &str, key: Option<&str>) -> (u16, Value) {
+    let mut req = http().get(url);
+    if let Some(key) = key {
+        req = req.insert_header(("X-API-Key", key));
+    }
+    let mut res = req.send().await.expect("http request");
     let status = res.status().as_u16();
     let body = res.body().limit(16 << 20).await.expect("body");
     (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
 }
-
-// ---- Helpers for hubs started elsewhere (subprocesses) and for key files ----
 
 /// The path of a file under `tests/fixtures/`.
 pub fn fixture(name: &str) -> String {
     format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
-}
-
-impl Client {
-    /// Connects to the hub at `ws_url` (e.g. a hub running as a subprocess) with `token` and
-    /// waits for `welcome`.
-    pub async fn connect_url(ws_url: &str, token: &str) -> Client {
-        let ws = open(&format!("{ws_url}?token={token}")).await;
-        let mut c = Client {
-            ws,
-            next_id: 1,
-            pending: Default::default(),
-            welcome: Value::Null,
-        };
-        let welcome = c.next_frame().await;
-        assert_eq!(welcome["type"], "welcome", "first frame: {welcome}");
-        c.welcome = welcome;
-        c
-    }
-}
-
-/// A real `redis-server` on a free port, started for one test and killed with it.
-pub struct RedisServer {
-    pub port: u16,
-    child: Option<std::process::Child>,
-}
-
-impl RedisServer {
-    pub fn start() -> RedisServer {
-        let port = free_port();
-        let mut server = RedisServer { port, child: None };
-        server.launch();
-        server
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    fn launch(&mut self) {
-        let child = std::process::Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (scripts/test.sh installs it)");
-        self.child = Some(child);
-        let deadline = std::time::Instant::now() + WAIT;
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "redis-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// SIGKILLs the server (everything in it is lost: it keeps nothing on disk).
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Starts it again on the same port, empty.
-    pub fn restart(&mut self) {
-        self.kill();
-        self.launch();
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// A port nothing listens on right now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 /// A hub node on `redis` with the given node id and extra flags.
@@ -533,6 +282,41 @@ pub fn spawn_node(redis: &RedisServer, node: &str, extra: &[&str]) -> TestApp {
     spawn_app_with(&args)
 }
 
+/// Polls `check` every 50 ms until it holds (`true`) or `within` has passed (`false`).
+pub async fn poll_until<F, Fut>(within: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Node `a` on `redis` ingesting `stream` (with `extra` flags), a connection to its Redis,
+/// and a client subscribed to `channel` on it.
+pub async fn ingesting_node(
+    redis: &RedisServer,
+    stream: &str,
+    channel: &str,
+    extra: &[&str],
+) -> (TestApp, redis::Connection, Client) {
+    let mut flags = vec!["--streams", stream];
+    flags.extend_from_slice(extra);
+    let node = spawn_node(redis, "a", &flags);
+    let conn = redis_conn(&redis.url());
+    let mut c = Client::connect(&node, "u").await;
+    c.subscribe(channel).await;
+    (node, conn, c)
+}
+
 /// Waits until `check` holds, polling; panics with `what` after the wait.
 pub async fn eventually<F, Fut>(what: &str, mut check: F)
 where
@@ -546,38 +330,5 @@ where
             "never happened: {what}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-// ---- Helpers for waiting on pushes with a deadline of the test's choosing ----
-
-impl Client {
-    /// The next frame of type `kind` that arrives within `within` (held frames first; frames
-    /// of other types are skipped), or `None` when none came in time. Unlike `next_of`, the
-    /// wait is the caller's, so a test can bound an event by its contract ("within four
-    /// heartbeats").
-    pub async fn next_of_within(&mut self, kind: &str, within: Duration) -> Option<Value> {
-        while let Some(f) = self.pending.pop_front() {
-            if f["type"] == kind {
-                return Some(f);
-            }
-        }
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let next = tokio::time::timeout_at(deadline, self.ws.next())
-                .await
-                .ok()?;
-            match next {
-                Some(Ok(Message::Text(t))) => {
-                    let f: Value =
-                        serde_json::from_str(t.as_str()).expect("server frames are JSON");
-                    if f["type"] == kind {
-                        return Some(f);
-                    }
-                }
-                Some(Ok(Message::Ping(_))) | Some(Ok(Message::Pong(_))) => continue,
-                other => panic!("waiting for a `{kind}` frame, got {other:?}"),
-            }
-        }
     }
 }

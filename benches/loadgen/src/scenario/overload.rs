@@ -89,6 +89,22 @@ pub async fn run(ctx: &Ctx, args: &OverloadArgs) -> Result<()> {
         reports.iter().partition(|r| is_slow(r.index));
     let accepted = &m.outcome.accepted;
     let fast_d = Deliveries::count(fast.iter().copied(), accepted, &m.outcome.unknown, sigfig);
+    // A fast client the hub closed as a slow consumer stops receiving there: what it missed
+    // after its close is the cut, not a loss. It is reported as cut (the hub could not tell it
+    // from a slow one, or the load generator fell behind), and only the fast clients that
+    // stayed connected must have lost nothing.
+    let fast_cut = fast
+        .iter()
+        .filter(|r| r.end.close_code() == Some(SLOW_CONSUMER))
+        .count();
+    let fast_kept_d = Deliveries::count(
+        fast.iter()
+            .copied()
+            .filter(|r| r.end.close_code() != Some(SLOW_CONSUMER)),
+        accepted,
+        &m.outcome.unknown,
+        sigfig,
+    );
     let slow_d = Deliveries::count(slow.iter().copied(), accepted, &m.outcome.unknown, sigfig);
     // Slow clients the hub did not close as slow consumers must have lost nothing either.
     let slow_kept: Vec<&ClientReport> = slow
@@ -102,7 +118,20 @@ pub async fn run(ctx: &Ctx, args: &OverloadArgs) -> Result<()> {
         &m.outcome.unknown,
         sigfig,
     );
-    let mut problems = fast_d.problems("fast", true);
+    let mut problems = fast_d.problems("fast", false);
+    problems.extend(
+        fast_kept_d
+            .problems("fast", true)
+            .into_iter()
+            .filter(|p| p.ends_with(" lost")),
+    );
+    if fast_cut > 0 {
+        problems.push(format!(
+            "fast: {fast_cut} of {} clients reading at full speed were closed with 4000 \
+             (slow consumer): their bound is too small for this machine's pace",
+            fast.len()
+        ));
+    }
     problems.extend(slow_d.problems("slow", false));
     problems.extend(slow_kept_d.problems("slow, not closed with 4000", true));
     if !m.drained {
@@ -172,6 +201,7 @@ pub async fn run(ctx: &Ctx, args: &OverloadArgs) -> Result<()> {
             "closed_4000": closed_4000(&fast),
             "receiving_at_end": fast_receiving_at_end,
             "deliveries": fast_d.to_json(),
+            "deliveries_of_clients_not_closed": fast_kept_d.to_json(),
             "latency_ms": stats::summary_ms(&fast_d.latency),
             "deliveries_per_s_while_publishing": per_s(fast_while_publishing, publish_s),
         },
