@@ -47,8 +47,7 @@ use entry::{Entry, Verdict};
 use super::backoff::Backoff;
 use crate::auth::unix_millis;
 use crate::config::Config;
-use crate::engine::redis::Commands;
-use crate::engine::redis::Keys;
+use crate::engine::redis::{node_lease_live, Commands, Keys};
 use crate::engine::{Engine, StreamAck};
 use crate::metrics::{Metrics, Source, StreamResult};
 
@@ -801,15 +800,7 @@ impl Reader {
             if name == self.settings.consumer || idle < min_idle {
                 continue;
             }
-            let lease: Option<f64> = redis::cmd("ZSCORE")
-                .arg(&self.settings.nodes_key)
-                .arg(&name)
-                .query_async(conn)
-                .await?;
-            // Leases are kept on the Redis server's clock (this node's may differ).
-            let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(conn).await?;
-            let server_ms = secs * 1000 + micros / 1000;
-            if lease.is_some_and(|expiry| expiry > server_ms as f64) {
+            if node_lease_live(conn, &self.settings.nodes_key, &name).await? {
                 continue;
             }
             let removed: i64 = DELETE_IDLE_CONSUMER
