@@ -27,7 +27,10 @@ async fn ready(app: &TestApp) -> (u16, String) {
         .expect("http request");
     let status = res.status().as_u16();
     let body: Value = res.json().await.unwrap_or(Value::Null);
-    (status, body["reason"].as_str().unwrap_or_default().to_owned())
+    (
+        status,
+        body["reason"].as_str().unwrap_or_default().to_owned(),
+    )
 }
 
 /// Polls `/ready` until it answers 200 or `within` has passed; answers how long it took, or

@@ -1,4 +1,4 @@
-//! Service events through Redis Streams (PROTOCOL §4): one reader task per stream of
+//! Service events through Redis Streams (docs/events.md): one reader task per stream of
 //! `HUB_STREAMS`, all in one consumer group (`HUB_STREAM_GROUP`), this node a consumer named
 //! after its node id. It owns the ingestion: reading in batches, publishing each entry through
 //! the engine (history, fan-out and `event_id` dedup are the engine's), acknowledging in
@@ -66,7 +66,7 @@ const MAX_MAINTENANCE_PERIOD: Duration = Duration::from_secs(5);
 const CLAIM_CALLS_PER_ROUND: usize = 10;
 
 /// Removes a consumer only if nothing is pending on it, in one step: `XGROUP DELCONSUMER`
-/// discards the pending entries of the consumer it removes (TRAPS), and between a check and a
+/// discards the pending entries of the consumer it removes, and between a check and a
 /// separate delete a restarted node of that name could have read some.
 /// KEYS: stream. ARGV: group, consumer. Returns the entries discarded (0) or -1 when kept.
 static DELETE_IDLE_CONSUMER: LazyLock<redis::Script> = LazyLock::new(|| {

@@ -264,7 +264,7 @@ async fn remove_dead_nodes(engine: &RedisEngine) -> redis::RedisResult<()> {
 /// Whether `node` holds a live lease in `nodes` (the sorted set of [`super::Keys::nodes`]):
 /// its expiry is later than the Redis server's clock now. For those without the engine at
 /// hand (the Streams readers, deciding whether a consumer's node is gone); the engine's own
-/// views ask the same of the whole set at once ([`other_live_nodes`], [`remove_dead_nodes`]).
+/// views ask the same of the whole set at once (`other_live_nodes`, `remove_dead_nodes`).
 pub async fn node_lease_live(
     conn: &mut impl ConnectionLike,
     nodes: &str,

@@ -142,8 +142,8 @@ pub(super) async fn probe(engine: Weak<RedisEngine>) {
             return;
         };
         // Woken by a failure; now and then regardless, only to notice that the engine is gone.
-        let _ = tokio::time::timeout(Duration::from_secs(5), health.commands_failed.notified())
-            .await;
+        let _ =
+            tokio::time::timeout(Duration::from_secs(5), health.commands_failed.notified()).await;
         drop(health);
         let mut delay = PROBE_FIRST;
         loop {

@@ -2,19 +2,27 @@
 //! history and dedup live in per-channel keys changed only by server-side scripts (one per
 //! operation, so every node sees one order); each publication is PUBLISHed, finished, on its
 //! channel's topic, where every node's [`crate::bridge::RedisBridge`] picks it up for its Hub.
+//! This module is the engine itself (its commands, and the publish call); around it:
+//!
+//! - `health`: whether Redis can be reached, for `/ready`, and what each error means;
+//! - `presence`: the presence entries and connection slots this node holds, and the
+//!   ordered writer of the writes nobody waits for;
+//! - `cluster`: the heartbeat, dead-node removal, the views of other nodes, the lease check;
+//! - `clock`: the Redis server's clock, on which leases are scored;
+//! - `replies`: decoders of script answers and stored entries;
+//! - `scripts`, `keys`, `commands`: the Lua scripts, key names, the command connection.
 //!
 //! Presence entries, connection slots and the node list are leases that this node renews every
-//! `HUB_NODE_HEARTBEAT_S` (see [`cluster`]); Redis 7.0 has no per-field expiry, so leases are
+//! `HUB_NODE_HEARTBEAT_S` (see `cluster`); Redis 7.0 has no per-field expiry, so leases are
 //! sorted sets scored by expiry time, on the Redis server's clock (nodes' own clocks may
 //! disagree). A node that stops renewing is removed by the others, its presence entries with
 //! `leave` pushes.
 //!
-//! Redis errors come in three kinds (see [`Failure`]): Redis unreachable (I/O, timeouts, a
+//! Redis errors come in three kinds (see `health::Failure`): Redis unreachable (I/O, timeouts, a
 //! server still loading), which marks the node not ready and answers `unavailable`; Redis full
 //! (out of memory under `noeviction`), answered `unavailable` while the node stays ready for
 //! what still works; and Redis refusing a command (a wrong-typed key, a script error), a fault
 //! answered `internal` while the node stays ready.
-
 
 mod clock;
 mod cluster;
