@@ -7,6 +7,9 @@
 //! A link can also die without ending (a half-open TCP connection: no error, no data). Every
 //! node publishes a heartbeat on the control topic, its own included; when this node's own
 //! heartbeats stop coming back over the link, the bridge drops the link and reconnects.
+//!
+//! Its other part, [`streams`], is not on this path: the Streams readers feed service events
+//! to the engine, which publishes them like any publication (and so back through this link).
 
 mod backoff;
 pub mod streams;

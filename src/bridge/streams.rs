@@ -1,4 +1,4 @@
-//! Service events through Redis Streams (PROTOCOL §4): one reader task per stream of
+//! Service events through Redis Streams (docs/events.md): one reader task per stream of
 //! `HUB_STREAMS`, all in one consumer group (`HUB_STREAM_GROUP`), this node a consumer named
 //! after its node id. It owns the ingestion: reading in batches, publishing each entry through
 //! the engine (history, fan-out and `event_id` dedup are the engine's), acknowledging in
@@ -47,8 +47,7 @@ use entry::{Entry, Verdict};
 use super::backoff::Backoff;
 use crate::clock::unix_millis;
 use crate::config::Config;
-use crate::engine::redis::Commands;
-use crate::engine::redis::Keys;
+use crate::engine::redis::{node_lease_live, Commands, Keys};
 use crate::engine::{Engine, StreamAck};
 use crate::metrics::{Metrics, Source, StreamResult};
 
@@ -67,7 +66,7 @@ const MAX_MAINTENANCE_PERIOD: Duration = Duration::from_secs(5);
 const CLAIM_CALLS_PER_ROUND: usize = 10;
 
 /// Removes a consumer only if nothing is pending on it, in one step: `XGROUP DELCONSUMER`
-/// discards the pending entries of the consumer it removes (TRAPS), and between a check and a
+/// discards the pending entries of the consumer it removes, and between a check and a
 /// separate delete a restarted node of that name could have read some.
 /// KEYS: stream. ARGV: group, consumer. Returns the entries discarded (0) or -1 when kept.
 static DELETE_IDLE_CONSUMER: LazyLock<redis::Script> = LazyLock::new(|| {
@@ -801,15 +800,7 @@ impl Reader {
             if name == self.settings.consumer || idle < min_idle {
                 continue;
             }
-            let lease: Option<f64> = redis::cmd("ZSCORE")
-                .arg(&self.settings.nodes_key)
-                .arg(&name)
-                .query_async(conn)
-                .await?;
-            // Leases are kept on the Redis server's clock (this node's may differ).
-            let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(conn).await?;
-            let server_ms = secs * 1000 + micros / 1000;
-            if lease.is_some_and(|expiry| expiry > server_ms as f64) {
+            if node_lease_live(conn, &self.settings.nodes_key, &name).await? {
                 continue;
             }
             let removed: i64 = DELETE_IDLE_CONSUMER

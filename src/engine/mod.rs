@@ -1,7 +1,9 @@
 //! The engine: what makes publications durable and shared. It owns offsets, epochs, history,
-//! `event_id` dedup, presence and per-user connection slots, and hands every publication (and
-//! join/leave) to the Hub for routing. Two implementations sit behind [`Engine`]: [`memory`]
-//! (one node, the default) and, later, Redis (many nodes). Every call may fail with
+//! `event_id` dedup, presence and per-user connection slots, and sees that every publication
+//! (and join/leave) reaches the Hubs for routing. Two implementations sit behind [`Engine`]:
+//! [`memory`] (one node, the default), which hands them to its node's Hub itself, and
+//! [`redis`] (many nodes on one Redis, with `HUB_REDIS_URL`), which publishes them on Redis
+//! for every node's [`crate::bridge::RedisBridge`] to hand to its Hub. Every call may fail with
 //! [`EngineError::Unavailable`]; [`Deadline`] bounds every call in time.
 
 pub mod memory;

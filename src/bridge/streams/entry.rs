@@ -41,7 +41,7 @@ pub enum Verdict {
     Gone,
 }
 
-/// Reads an entry per PROTOCOL §4: `channel`, `data` (alias `payload`, JSON text passed through
+/// Reads an entry as docs/events.md ("The entry") describes it: `channel`, `data` (alias `payload`, JSON text passed through
 /// untouched), optional `event_type` and `event_id`. Without an `event_id` the entry's own
 /// `<stream>/<entry id>` is the idempotency key, so a redelivered entry is still recognised.
 /// Everything a publication must satisfy (channel name, size, depth) is checked here, so a

@@ -12,9 +12,14 @@ use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 use actix::Recipient;
+use redis::aio::ConnectionLike;
 use redis::AsyncCommands;
 
-use super::{classify, presence_member, Failure, RedisEngine, StoredClient};
+use super::clock::server_ms;
+use super::health::{classify, Failure};
+use super::presence::presence_member;
+use super::replies::StoredClient;
+use super::RedisEngine;
 use crate::clock::unix_millis;
 use crate::engine::{EngineError, NodeInfo};
 use crate::hub;
@@ -190,7 +195,8 @@ async fn announce_again(
     pipe.query_async::<()>(conn).await
 }
 
-/// Removes every node whose lease expired. Exactly one live node wins each removal (ZREM
+/// Removes every node whose lease expired (its expiry at or before now: the complement of
+/// [`node_lease_live`]). Exactly one live node wins each removal (ZREM
 /// answers 1 once) and sends the `leave` pushes for the dead node's presence entries.
 async fn remove_dead_nodes(engine: &RedisEngine) -> redis::RedisResult<()> {
     let keys = &engine.keys;
@@ -255,7 +261,28 @@ async fn remove_dead_nodes(engine: &RedisEngine) -> redis::RedisResult<()> {
     Ok(())
 }
 
-/// The live nodes other than this one.
+/// Whether `node` holds a live lease in `nodes` (the sorted set of [`super::Keys::nodes`]):
+/// its expiry is later than the Redis server's clock now. For those without the engine at
+/// hand (the Streams readers, deciding whether a consumer's node is gone); the engine's own
+/// views ask the same of the whole set at once (`other_live_nodes`, `remove_dead_nodes`).
+pub async fn node_lease_live(
+    conn: &mut impl ConnectionLike,
+    nodes: &str,
+    node: &str,
+) -> redis::RedisResult<bool> {
+    let expiry: Option<f64> = redis::cmd("ZSCORE")
+        .arg(nodes)
+        .arg(node)
+        .query_async(conn)
+        .await?;
+    let Some(expiry) = expiry else {
+        return Ok(false);
+    };
+    Ok(expiry > server_ms(conn).await? as f64)
+}
+
+/// The live nodes other than this one: leases expiring after now (exclusive, as in
+/// [`node_lease_live`]).
 async fn other_live_nodes(engine: &RedisEngine) -> Result<Vec<String>, EngineError> {
     let mut conn = engine.conn();
     let live: Vec<String> = engine
