@@ -294,3 +294,73 @@ async fn a_fragmented_message_over_the_limit_is_closed_with_1009_at_once() {
     let grown = rss().saturating_sub(before);
     assert!(grown < 10 * MIB, "RSS grew {} MiB", grown / MIB);
 }
+
+/// A close frame from the client with `code` and no reason.
+fn close_frame(code: u16) -> Vec<u8> {
+    let mut f = header(0x88, 2);
+    f.extend_from_slice(&code.to_be_bytes());
+    f
+}
+
+/// After the close handshake the server closes the TCP connection first, and at once.
+#[actix_rt::test]
+async fn after_the_close_handshake_the_server_closes_tcp_at_once() {
+    let _serial = serial();
+    let app = spawn_app();
+    let mut raw = Raw::connect(&app, "alice").await;
+    raw.send(&close_frame(1000)).await;
+    let sent_at = Instant::now();
+    assert_eq!(raw.close_code(WAIT).await, Some(1000));
+    assert_eq!(raw.next(WAIT).await, Server::End);
+    let after = sent_at.elapsed();
+    assert!(
+        after < PROMPT,
+        "TCP closed {after:?} after the client's close"
+    );
+}
+
+async fn scrape(app: &TestApp) -> String {
+    let mut res = http()
+        .get(app.http("/metrics"))
+        .send()
+        .await
+        .expect("scrape");
+    let body = res.body().limit(1 << 20).await.expect("body");
+    String::from_utf8(body.to_vec()).expect("utf-8")
+}
+
+/// Clients closing with codes of their own (1011, 4000, 3999, 4999) all count under
+/// `code="client"`: no server-fault or slow-consumer figure moves, no new label appears.
+#[actix_rt::test]
+async fn client_close_codes_count_under_one_label() {
+    let _serial = serial();
+    let app = spawn_app();
+    let before = scrape(&app).await;
+    let labels = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| l.starts_with("hub_disconnects_total{"))
+            .map(|l| l.split_whitespace().next().unwrap_or_default().to_owned())
+            .collect()
+    };
+    assert!(
+        before.contains("hub_disconnects_total{code=\"1009\"} 0"),
+        "{before}"
+    );
+    for (i, code) in [1011u16, 4000, 3999, 4999].into_iter().enumerate() {
+        let mut raw = Raw::connect(&app, &format!("c{i}")).await;
+        raw.send(&close_frame(code)).await;
+        assert_eq!(raw.close_code(WAIT).await, Some(code));
+    }
+    eventually("the four closes are counted", || async {
+        scrape(&app)
+            .await
+            .contains("hub_disconnects_total{code=\"client\"} 4\n")
+    })
+    .await;
+    let after = scrape(&app).await;
+    assert_eq!(labels(&before), labels(&after), "{after}");
+    for code in ["1011", "4000"] {
+        let line = format!("hub_disconnects_total{{code=\"{code}\"}} 0\n");
+        assert!(after.contains(&line), "{line} missing from:\n{after}");
+    }
+}
