@@ -308,3 +308,19 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_http::ws::{Parser, ProtocolError};
+    use actix_web::web::BytesMut;
+
+    /// actix-http's parser refuses the refusing header with `Overflow` from the header alone:
+    /// the session's 1009 depends on it, so a new actix that parses it otherwise fails here.
+    #[test]
+    fn actix_refuses_the_refusing_header_with_overflow() {
+        let mut buf = BytesMut::from(&REFUSED_HEADER[..]);
+        let result = Parser::parse(&mut buf, true, 1 << 17);
+        assert!(matches!(result, Err(ProtocolError::Overflow)), "{result:?}");
+    }
+}
