@@ -7,18 +7,18 @@
 mod common;
 use common::*;
 
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
+use tokio::sync::Mutex;
 
 /// The tests of this binary one at a time: each measures the process's memory.
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static SERIAL: Mutex<()> = Mutex::new(());
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::const_new(());
+    SERIAL.lock().await
 }
 
 /// The process's resident memory in bytes.
@@ -228,7 +228,7 @@ const TEXT: u8 = 0x81;
 /// is never buffered.
 #[actix_rt::test]
 async fn a_frame_declaring_2_gib_is_closed_with_1009_at_once_without_buffering() {
-    let _serial = serial();
+    let _serial = serial().await;
     let app = spawn_app();
     let before = rss();
     let mut attack = Attack::start(&app, "mallory", &header(TEXT, TWO_GIB), STREAMED).await;
@@ -249,7 +249,7 @@ async fn a_frame_declaring_2_gib_is_closed_with_1009_at_once_without_buffering()
 /// subscribes and receives a publication as usual.
 #[actix_rt::test]
 async fn fifty_oversized_frames_at_once_leave_memory_bounded_and_others_served() {
-    let _serial = serial();
+    let _serial = serial().await;
     let app = spawn_app();
     let before = rss();
     let mut attacks = Vec::new();
@@ -278,7 +278,7 @@ async fn fifty_oversized_frames_at_once_leave_memory_bounded_and_others_served()
 /// `HUB_MAX_FRAME_BYTES`, before that fragment's payload is buffered.
 #[actix_rt::test]
 async fn a_fragmented_message_over_the_limit_is_closed_with_1009_at_once() {
-    let _serial = serial();
+    let _serial = serial().await;
     let app = spawn_app();
     let before = rss();
     // A first fragment of 100 KiB (under the 128 KiB limit), then a continuation declaring
@@ -305,7 +305,7 @@ fn close_frame(code: u16) -> Vec<u8> {
 /// After the close handshake the server closes the TCP connection first, and at once.
 #[actix_rt::test]
 async fn after_the_close_handshake_the_server_closes_tcp_at_once() {
-    let _serial = serial();
+    let _serial = serial().await;
     let app = spawn_app();
     let mut raw = Raw::connect(&app, "alice").await;
     raw.send(&close_frame(1000)).await;
@@ -333,7 +333,7 @@ async fn scrape(app: &TestApp) -> String {
 /// `code="client"`: no server-fault or slow-consumer figure moves, no new label appears.
 #[actix_rt::test]
 async fn client_close_codes_count_under_one_label() {
-    let _serial = serial();
+    let _serial = serial().await;
     let app = spawn_app();
     let before = scrape(&app).await;
     let labels = |text: &str| -> Vec<String> {
