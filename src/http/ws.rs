@@ -1,6 +1,9 @@
 //! `GET /ws`: admits a connection (origin, token, connection slot) and starts its session.
 //! The upgrade always completes; a refused connection is closed at once with the contract's
-//! reason, so a browser can tell "fix your token" from network trouble.
+//! reason, so a browser can tell "fix your token" from network trouble. The connection's input
+//! reaches the session only through the bounded read path of [`read`].
+
+mod read;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,6 +29,13 @@ pub async fn upgrade(
     let mut response = handshake(&req)
         .map_err(|e| HubError::bad_request(format!("not a WebSocket upgrade: {e}")))?;
     let codec = Codec::new().max_size(app.config.max_frame_bytes);
+    // A message may take up to a ping interval to arrive: one sent slower than that holds
+    // memory longer than the liveness check would let a silent peer hold its connection.
+    let payload = read::Inbound::new(
+        payload,
+        app.config.max_frame_bytes,
+        app.config.ping_interval,
+    );
     let client: Arc<str> = Arc::from(uuid::Uuid::new_v4().simple().to_string());
     // A draining node still completes the upgrade, so the browser learns why: 1001, go
     // elsewhere.

@@ -72,6 +72,47 @@ pub struct CodeLabels {
     pub code: String,
 }
 
+/// How a connection ended, as `hub_disconnects_total{code}` labels it: the server's own close
+/// codes, `1006` when neither side sent a close frame, and one `client` for every close the
+/// client started, whatever code it chose (a client must not fire the server-fault alert,
+/// count as a slow consumer, or mint a label series per code it invents).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Disconnect {
+    Server(crate::protocol::Close),
+    Dropped,
+    Client,
+}
+
+/// Every label `hub_disconnects_total` can carry, each shown from the start at 0 so that an
+/// alert on one sees its first increase.
+const DISCONNECT_LABELS: [&str; 11] = [
+    "1000", "1001", "1002", "1006", "1007", "1008", "1009", "1011", "4000", "4001", "client",
+];
+
+impl Disconnect {
+    fn label(self) -> &'static str {
+        use crate::protocol::Close;
+        match self {
+            Disconnect::Server(close) => match close {
+                Close::Normal => "1000",
+                Close::GoingAway => "1001",
+                Close::ProtocolError => "1002",
+                Close::InvalidUtf8 => "1007",
+                Close::InvalidToken
+                | Close::TokenExpired
+                | Close::ConnectionLimit
+                | Close::OriginNotAllowed => "1008",
+                Close::MessageTooBig => "1009",
+                Close::InternalError => "1011",
+                Close::SlowConsumer => "4000",
+                Close::Disconnected => "4001",
+            },
+            Disconnect::Dropped => "1006",
+            Disconnect::Client => "client",
+        }
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: String,
@@ -228,7 +269,7 @@ impl Metrics {
         );
         registry.register(
             "hub_disconnects",
-            "Closed connections, by close code",
+            "Closed connections: by the server's close code, 1006 without a close frame, or client",
             m.disconnects.clone(),
         );
         registry.register(
@@ -241,6 +282,11 @@ impl Metrics {
             "Connections closed with 4000 because their outbound backlog passed its bound",
             m.slow_consumer_disconnects.clone(),
         );
+        for code in DISCONNECT_LABELS {
+            let _ = m.disconnects.get_or_create(&CodeLabels {
+                code: code.to_owned(),
+            });
+        }
         registry.register_collector(Box::new(redis));
         registry.register(
             "hub_stream_entries",
@@ -322,10 +368,10 @@ impl Metrics {
             .inc();
     }
 
-    pub fn disconnected(&self, code: u16) {
+    pub fn disconnected(&self, how: Disconnect) {
         self.disconnects
             .get_or_create(&CodeLabels {
-                code: code.to_string(),
+                code: how.label().to_owned(),
             })
             .inc();
     }
@@ -394,7 +440,7 @@ mod tests {
         let m = Metrics::new();
         m.published(Source::Api);
         m.error("bad_request");
-        m.disconnected(4000);
+        m.disconnected(Disconnect::Server(crate::protocol::Close::SlowConsumer));
         m.delivery_latency.observe(0.001);
         let text = m.encode();
         for name in [
@@ -426,6 +472,22 @@ mod tests {
         assert!(text.contains("hub_redis_up 1\n"), "{text}");
         assert!(text.contains("hub_redis_reconnects_total 1\n"), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    /// Every label of the disconnect metric is shown at 0 from the start, and a client's own
+    /// close counts under `client` whatever its code.
+    #[test]
+    fn disconnect_labels_are_fixed_and_start_at_zero() {
+        let m = Metrics::new();
+        let text = m.encode();
+        for code in DISCONNECT_LABELS {
+            let line = format!("hub_disconnects_total{{code=\"{code}\"}} 0\n");
+            assert!(text.contains(&line), "{line} missing from:\n{text}");
+        }
+        m.disconnected(Disconnect::Client);
+        assert!(m
+            .encode()
+            .contains("hub_disconnects_total{code=\"client\"} 1\n"));
     }
 
     /// Stream figures are labelled by stream and result; an unknown lag has no series.

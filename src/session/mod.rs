@@ -34,7 +34,7 @@ use crate::clock::unix_seconds;
 use crate::engine::{PublishRequest, ENGINE_DEADLINE};
 use crate::error::HubError;
 use crate::hub;
-use crate::metrics::Source;
+use crate::metrics::{Disconnect, Source};
 use crate::protocol::client::FrameError;
 use crate::protocol::server::{Sender, ServerFrame};
 use crate::protocol::{parse_frame, ClientInfo, Close, Position, Request};
@@ -64,7 +64,7 @@ pub struct WsSession {
     fragments: Option<Fragments>,
     closing: bool,
     /// How the connection ended, for the disconnect metric.
-    close_code: Option<u16>,
+    close_code: Option<Disconnect>,
 }
 
 impl WsSession {
@@ -115,7 +115,7 @@ impl WsSession {
                 "slow consumer: closing with 4000"
             );
         }
-        self.close_code = Some(Close::SlowConsumer.code());
+        self.close_code = Some(Disconnect::Server(Close::SlowConsumer));
         self.closing = true;
         ctx.stop();
     }
@@ -145,7 +145,7 @@ impl WsSession {
             return;
         }
         self.closing = true;
-        self.close_code = Some(close.code());
+        self.close_code = Some(Disconnect::Server(close));
         log::info!(
             client = &*self.client, user = self.identity.user.as_str(), code = close.code(), reason = close.label();
             "closing connection"
@@ -625,7 +625,7 @@ impl Actor for WsSession {
                     client = &*act.client, user = act.identity.user.as_str();
                     "no pong for two intervals: dropping the connection"
                 );
-                act.close_code = Some(1006);
+                act.close_code = Some(Disconnect::Dropped);
                 act.closing = true;
                 ctx.stop();
             } else {
@@ -653,13 +653,13 @@ impl Drop for WsSession {
             client: Arc::clone(&self.client),
         });
         // A connection that ended without a close from either side counts as 1006.
-        let code = if self.outbound.is_aborted() {
-            Close::SlowConsumer.code()
+        let how = if self.outbound.is_aborted() {
+            Disconnect::Server(Close::SlowConsumer)
         } else {
-            self.close_code.unwrap_or(1006)
+            self.close_code.unwrap_or(Disconnect::Dropped)
         };
-        self.app.metrics.disconnected(code);
-        log::debug!(client = &*self.client, user = self.identity.user.as_str(), code = code; "disconnected");
+        self.app.metrics.disconnected(how);
+        log::debug!(client = &*self.client, user = self.identity.user.as_str(), how:? = how; "disconnected");
     }
 }
 
@@ -726,7 +726,7 @@ impl StreamHandler<Result<WsMessage, ProtocolError>> for WsSession {
             Ok(WsMessage::Pong(_)) | Ok(WsMessage::Nop) => {}
             Ok(WsMessage::Close(reason)) => {
                 self.closing = true;
-                self.close_code = Some(reason.as_ref().map_or(1005, |r| u16::from(r.code)));
+                self.close_code = Some(Disconnect::Client);
                 ctx.close(reason.map(|r| CloseReason {
                     code: r.code,
                     description: None,
@@ -737,7 +737,7 @@ impl StreamHandler<Result<WsMessage, ProtocolError>> for WsSession {
                 // The TCP connection ended without a close frame (a killed tab, a lost
                 // network): nobody is left to tell, and it is no protocol error of the peer.
                 self.closing = true;
-                self.close_code = Some(1006);
+                self.close_code = Some(Disconnect::Dropped);
                 ctx.stop();
             }
             Err(ProtocolError::Overflow) => self.close(ctx, Close::MessageTooBig),
