@@ -74,7 +74,7 @@ pub fn start(app: Arc<AppState>) {
                 from: None,
             };
             if let Err(e) = app.engine.publish(request).await {
-                log::debug!(error:% = e; "dashboard snapshot not published");
+                tracing::debug!(error = %e, "dashboard snapshot not published");
             }
         }
     });

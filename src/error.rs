@@ -162,7 +162,7 @@ impl From<EngineError> for HubError {
                 HubError::unavailable("the hub cannot serve this now; retry later")
             }
             EngineError::Internal(why) => {
-                log::error!(error = why.as_str(); "engine fault");
+                tracing::error!(error = why.as_str(), "engine fault");
                 HubError::internal("internal error")
             }
         }

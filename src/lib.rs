@@ -143,9 +143,13 @@ pub async fn run(
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
-    log::info!(
+    tracing::info!(
         address = address.as_str(),
-        engine = if config.redis_url.is_some() { "redis" } else { "memory" };
+        engine = if config.redis_url.is_some() {
+            "redis"
+        } else {
+            "memory"
+        },
         "listening"
     );
     let workers = config.workers;

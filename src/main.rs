@@ -43,8 +43,8 @@ fn serve(config: Config) -> ExitCode {
     // Every connection is a file descriptor: take the hard limit the system grants, as a
     // container's soft limit (often 1024) would cap the node near a thousand connections.
     match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(limit) => log::debug!(limit = limit; "open file limit"),
-        Err(e) => log::warn!(error:% = e; "cannot raise the open file limit"),
+        Ok(limit) => tracing::debug!(limit = limit, "open file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit"),
     }
     let listener = match realtime_hub::bind(config.bind) {
         Ok(l) => l,
@@ -83,7 +83,7 @@ fn serve(config: Config) -> ExitCode {
              API key:    {key}\n  \
              Try:        curl -H {key_arg} -d '{{\"channel\":\"chat:lobby\",\"data\":{{\"text\":\"hi\"}}}}' http://{addr}/api/publish\n"
         );
-        log::warn!(
+        tracing::warn!(
             "development mode: random JWT secret, /dev/token enabled; do not expose this node"
         );
     }

@@ -29,7 +29,10 @@ pub async fn drain(app: &AppState, server: ServerHandle) {
         })
         .await
         .unwrap_or(0);
-    log::info!(connections = open; "shutting down: closing connections with 1001");
+    tracing::info!(
+        connections = open,
+        "shutting down: closing connections with 1001"
+    );
     // Sessions leave the Hub as their sockets close; wait for that, but not past the timeout
     // (a peer that never reads cannot hold the node up).
     while Instant::now() < deadline {
@@ -55,9 +58,9 @@ pub async fn drain(app: &AppState, server: ServerHandle) {
     // server instead, which closes such connections at once.
     let stopped = tokio::time::timeout_at(deadline.into(), server.stop(true)).await;
     match stopped {
-        Ok(()) => log::info!("stopped"),
-        Err(_) => log::warn!(
-            timeout_s = timeout.as_secs();
+        Ok(()) => tracing::info!("stopped"),
+        Err(_) => tracing::warn!(
+            timeout_s = timeout.as_secs(),
             "shutdown timeout reached: closing the connections still open"
         ),
     }
@@ -80,8 +83,8 @@ pub fn signal() -> impl std::future::Future<Output = ()> {
                     }
                 }
                 (Err(e), _) | (_, Err(e)) => {
-                    log::warn!(
-                        error:% = e;
+                    tracing::warn!(
+                        error = %e,
                         "cannot listen for SIGTERM/SIGINT; only Ctrl-C stops the hub"
                     );
                     let _ = tokio::signal::ctrl_c().await;

@@ -130,7 +130,7 @@ impl RedisBridge {
                         bridge.link_ready.send_replace(true);
                         bridge.backoff.reset();
                         bridge.stream = Some(ctx.add_stream(stream));
-                        log::info!(channels = bridge.watched.len(); "redis pub/sub link up");
+                        tracing::info!(channels = bridge.watched.len(), "redis pub/sub link up");
                         if bridge.was_up {
                             bridge.metrics.redis_reconnects.inc();
                         }
@@ -143,8 +143,9 @@ impl RedisBridge {
                     }
                     Err(e) => {
                         let wait = bridge.backoff.next_delay();
-                        log::warn!(
-                            error = e.as_str(), retry_in_ms = wait.as_millis() as u64;
+                        tracing::warn!(
+                            error = e.as_str(),
+                            retry_in_ms = wait.as_millis() as u64,
                             "redis pub/sub link down"
                         );
                         ctx.run_later(wait, |bridge, ctx| bridge.connect(ctx));
@@ -165,7 +166,7 @@ impl RedisBridge {
                 self.echoed_at = self.health.beats_published();
             }
             Ok(_) => {}
-            Err(e) => log::debug!(error:% = e; "unreadable control message"),
+            Err(e) => tracing::debug!(error = %e, "unreadable control message"),
         }
     }
 
@@ -178,8 +179,8 @@ impl RedisBridge {
         if missed < MISSED_ECHOES {
             return;
         }
-        log::warn!(
-            missed_heartbeats = missed;
+        tracing::warn!(
+            missed_heartbeats = missed,
             "redis pub/sub link silent: this node's own heartbeats stopped coming back; reconnecting"
         );
         if let Some(stream) = self.stream.take() {
@@ -196,7 +197,10 @@ impl RedisBridge {
         self.health.link_up.store(false, Ordering::Release);
         self.link_ready.send_replace(false);
         let wait = self.backoff.next_delay();
-        log::warn!(retry_in_ms = wait.as_millis() as u64; "redis pub/sub link lost");
+        tracing::warn!(
+            retry_in_ms = wait.as_millis() as u64,
+            "redis pub/sub link lost"
+        );
         ctx.run_later(wait, |bridge, ctx| bridge.connect(ctx));
     }
 
@@ -206,7 +210,9 @@ impl RedisBridge {
             match frame {
                 Ok(frame) => self.on_frame(frame),
                 Err(node::MalformedBundle) => {
-                    return log::warn!("a malformed bundle of frames arrived on a channel topic")
+                    return tracing::warn!(
+                        "a malformed bundle of frames arrived on a channel topic"
+                    )
                 }
             }
         }
@@ -214,11 +220,11 @@ impl RedisBridge {
 
     fn on_frame(&self, payload: &[u8]) {
         let Ok(text) = std::str::from_utf8(payload) else {
-            return log::warn!("a non-UTF-8 frame arrived on a channel topic");
+            return tracing::warn!("a non-UTF-8 frame arrived on a channel topic");
         };
         let routing: Routing<'_> = match serde_json::from_str(text) {
             Ok(r) => r,
-            Err(e) => return log::warn!(error:% = e; "unreadable frame on a channel topic"),
+            Err(e) => return tracing::warn!(error = %e, "unreadable frame on a channel topic"),
         };
         let delivery = match (routing.kind, routing.offset, routing.epoch, routing.client) {
             ("message", Some(offset), Some(epoch), _) => Deliver::Message {
@@ -234,7 +240,9 @@ impl RedisBridge {
                 client,
                 frame: text.to_owned().into(),
             },
-            (kind, ..) => return log::warn!(kind = kind; "unexpected frame on a channel topic"),
+            (kind, ..) => {
+                return tracing::warn!(kind = kind, "unexpected frame on a channel topic")
+            }
         };
         self.hub.do_send(delivery);
     }

@@ -167,8 +167,9 @@ impl Streams {
                 actix::spawn(reader.run())
             })
             .collect();
-        log::info!(
-            streams = settings.streams.join(","), group = settings.group.as_str();
+        tracing::info!(
+            streams = settings.streams.join(","),
+            group = settings.group.as_str(),
             "reading service events"
         );
         Ok(Arc::new(Streams {
@@ -195,7 +196,7 @@ impl Streams {
         }
         let all = futures_util::future::join_all(readers);
         if tokio::time::timeout(within, all).await.is_err() {
-            log::warn!(
+            tracing::warn!(
                 "stream readers still busy at the shutdown timeout; their entries stay pending"
             );
         }
@@ -270,15 +271,17 @@ impl Reader {
                 break;
             };
             let wait = backoff.next_delay();
-            log::warn!(
-                stream = self.stream.as_str(), error:% = e, retry_in_ms = wait.as_millis() as u64;
+            tracing::warn!(
+                stream = self.stream.as_str(),
+                error = %e,
+                retry_in_ms = wait.as_millis() as u64,
                 "stream reader cannot reach redis"
             );
             if self.pause(wait).await {
                 break;
             }
         }
-        log::info!(stream = self.stream.as_str(); "stream reader stopped");
+        tracing::info!(stream = self.stream.as_str(), "stream reader stopped");
     }
 
     /// Whether the node is stopping (or the handle is gone).
@@ -327,8 +330,9 @@ impl Reader {
             .await;
         match created {
             Ok(()) => {
-                log::info!(
-                    stream = self.stream.as_str(), group = self.settings.group.as_str();
+                tracing::info!(
+                    stream = self.stream.as_str(),
+                    group = self.settings.group.as_str(),
                     "consumer group created"
                 );
                 Ok(())
@@ -365,8 +369,10 @@ impl Reader {
                     Err(e) => return Ended::Failed(e),
                 }
                 if let Err(e) = self.remove_dead_consumers(&mut link.conn).await {
-                    log::debug!(
-                        stream = self.stream.as_str(), error:% = e; "dead consumer check failed"
+                    tracing::debug!(
+                        stream = self.stream.as_str(),
+                        error = %e,
+                        "dead consumer check failed"
                     );
                 }
                 self.refresh_figures(&mut link.conn).await;
@@ -432,10 +438,12 @@ impl Reader {
                     self.metrics
                         .stream_entries(&self.stream, StreamResult::Retried, 1);
                     let wait = retry_backoff.next_delay();
-                    log::warn!(
-                        stream = self.stream.as_str(), entry = id,
+                    tracing::warn!(
+                        stream = self.stream.as_str(),
+                        entry = id,
                         deliveries = deliveries.get(id).copied().unwrap_or(1),
-                        error = error.as_str(), retry_in_ms = wait.as_millis() as u64;
+                        error = error.as_str(),
+                        retry_in_ms = wait.as_millis() as u64,
                         "publish failed; the entry stays pending and is retried"
                     );
                     cursor = Some("0".to_owned());
@@ -576,8 +584,9 @@ impl Reader {
             };
             match entry::classify(&self.stream, entry, self.settings.max_data_bytes) {
                 Verdict::Gone => {
-                    log::warn!(
-                        stream = self.stream.as_str(), entry = entry.id.as_str();
+                    tracing::warn!(
+                        stream = self.stream.as_str(),
+                        entry = entry.id.as_str(),
                         "the entry was deleted before it was published"
                     );
                     outcome.acked.push(&entry.id);
@@ -623,10 +632,13 @@ impl Reader {
                         if !published.duplicate {
                             self.metrics.published(Source::Stream);
                         }
-                        log::debug!(
-                            stream = self.stream.as_str(), entry = entry.id.as_str(),
-                            channel = channel.as_str(), event_id = published.event_id.as_str(),
-                            offset = published.position.offset, duplicate = published.duplicate;
+                        tracing::debug!(
+                            stream = self.stream.as_str(),
+                            entry = entry.id.as_str(),
+                            channel = channel.as_str(),
+                            event_id = published.event_id.as_str(),
+                            offset = published.position.offset,
+                            duplicate = published.duplicate,
                             "published by stream"
                         );
                         if acknowledged {
@@ -708,10 +720,12 @@ impl Reader {
             .stream_entries(&self.stream, StreamResult::Dead, outcome.dead.len() as u64);
         for dead in &outcome.dead {
             // An operator has to look at it (and may replay it): the one ERROR of ingestion.
-            log::error!(
-                stream = self.stream.as_str(), entry = dead.entry.id.as_str(),
-                deliveries = dead.deliveries, reason = dead.reason.as_str(),
-                dead_letters = self.dlq.as_str();
+            tracing::error!(
+                stream = self.stream.as_str(),
+                entry = dead.entry.id.as_str(),
+                deliveries = dead.deliveries,
+                reason = dead.reason.as_str(),
+                dead_letters = self.dlq.as_str(),
                 "entry moved to the dead letters"
             );
         }
@@ -725,8 +739,10 @@ impl Reader {
             Ok(info) => self
                 .metrics
                 .stream_figures(&self.stream, info.pending, info.lag),
-            Err(e) => log::debug!(
-                stream = self.stream.as_str(), error:% = e; "stream figures not refreshed"
+            Err(e) => tracing::debug!(
+                stream = self.stream.as_str(),
+                error = %e,
+                "stream figures not refreshed"
             ),
         }
     }
@@ -762,8 +778,9 @@ impl Reader {
             }
         }
         if claimed > 0 {
-            log::debug!(
-                stream = self.stream.as_str(), claimed = claimed;
+            tracing::debug!(
+                stream = self.stream.as_str(),
+                claimed = claimed,
                 "took over entries idle for the claim time"
             );
         }
@@ -810,8 +827,10 @@ impl Reader {
                 .invoke_async(conn)
                 .await?;
             if removed >= 0 {
-                log::info!(
-                    stream = self.stream.as_str(), consumer = name.as_str(), idle_ms = idle;
+                tracing::info!(
+                    stream = self.stream.as_str(),
+                    consumer = name.as_str(),
+                    idle_ms = idle,
                     "removed the consumer of a node that is gone"
                 );
             }

@@ -143,9 +143,11 @@ async fn publish_one(app: &AppState, request: PublishRequest) -> Result<Publishe
     if !published.duplicate {
         app.metrics.published(Source::Api);
     }
-    log::debug!(
-        channel = channel.as_str(), event_id = published.event_id.as_str(),
-        offset = published.position.offset, duplicate = published.duplicate;
+    tracing::debug!(
+        channel = channel.as_str(),
+        event_id = published.event_id.as_str(),
+        offset = published.position.offset,
+        duplicate = published.duplicate,
         "published by api"
     );
     Ok(published)

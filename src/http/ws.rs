@@ -61,8 +61,10 @@ pub async fn upgrade(
         }
         Err(close) => {
             app.metrics.connect(close.label());
-            log::info!(
-                client = &*client, code = close.code(), reason = close.label();
+            tracing::info!(
+                client = &*client,
+                code = close.code(),
+                reason = close.label(),
                 "connection refused"
             );
             Ok(response.streaming(WebsocketContext::with_codec(Refused(close), payload, codec)))
@@ -77,7 +79,7 @@ async fn admit(req: &HttpRequest, app: &AppState, client: &str) -> Result<Identi
     }
     let token = token_of(req).ok_or(Close::InvalidToken)?;
     let identity = app.verifier.verify(&token).map_err(|e| {
-        log::debug!(client = client, error:% = e; "token refused");
+        tracing::debug!(client = client, error = %e, "token refused");
         e.close()
     })?;
     match app
@@ -88,8 +90,10 @@ async fn admit(req: &HttpRequest, app: &AppState, client: &str) -> Result<Identi
         Ok(true) => Ok(identity),
         Ok(false) => Err(Close::ConnectionLimit),
         Err(e) => {
-            log::warn!(
-                client = client, user = identity.user.as_str(), error:% = e;
+            tracing::warn!(
+                client = client,
+                user = identity.user.as_str(),
+                error = %e,
                 "cannot take a connection slot"
             );
             Err(Close::InternalError)

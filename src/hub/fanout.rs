@@ -41,8 +41,10 @@ impl Hub {
         };
         if conn.outbound.abort_slow() {
             self.metrics.slow_consumer_disconnects.inc();
-            log::info!(
-                client = client, user = conn.user.as_str(), queued_bytes = conn.outbound.queued();
+            tracing::info!(
+                client = client,
+                user = conn.user.as_str(),
+                queued_bytes = conn.outbound.queued(),
                 "slow consumer: closing with 4000"
             );
             // do_send on purpose: the session's mailbox may be the very thing that is full.
@@ -71,8 +73,10 @@ impl Hub {
             if total <= self.node_queue_bytes || queued == 0 {
                 break;
             }
-            log::warn!(
-                client = &*client, queued_bytes = queued, node_queued_bytes = total;
+            tracing::warn!(
+                client = &*client,
+                queued_bytes = queued,
+                node_queued_bytes = total,
                 "node outbound bound exceeded: closing the most lagging session"
             );
             self.drop_slow(&client);
@@ -280,8 +284,11 @@ impl Handler<Deliver> for Hub {
             } => {
                 let kind = PushKind::Message { offset, epoch };
                 let delivered = self.gather(&channel, kind, frame, None);
-                log::debug!(
-                    channel = channel.as_str(), event_id = event_id.as_str(), offset = offset, deliveries = delivered;
+                tracing::debug!(
+                    channel = channel.as_str(),
+                    event_id = event_id.as_str(),
+                    offset = offset,
+                    deliveries = delivered,
                     "fanned out"
                 );
                 if delivered > 0 {

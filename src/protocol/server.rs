@@ -178,7 +178,7 @@ pub fn encode<T: Serialize + ?Sized>(frame: &T) -> ByteString {
         }
         Err(e) => {
             // Our frames hold only strings, numbers and already-valid raw JSON; this is a bug.
-            log::error!(error:% = e; "cannot serialise a server frame");
+            tracing::error!(error = %e, "cannot serialise a server frame");
             internal_error_frame()
         }
     }

@@ -65,6 +65,8 @@ pub struct WsSession {
     closing: bool,
     /// How the connection ended, for the disconnect metric.
     close_code: Option<Disconnect>,
+    /// Gives every line this session logs (`parent: &self.span`) its `client` and `user`.
+    span: tracing::Span,
 }
 
 impl WsSession {
@@ -80,6 +82,7 @@ impl WsSession {
         WsSession {
             rate: TokenBucket::new(app.settings.client_rate, now),
             subs: Subscriptions::new(Arc::clone(&client), app.settings.max_subscriptions),
+            span: crate::logging::session_span(&client, &identity.user),
             client,
             identity,
             app,
@@ -110,8 +113,9 @@ impl WsSession {
     fn drop_slow(&mut self, ctx: &mut WebsocketContext<Self>) {
         if self.outbound.abort_slow() {
             self.app.metrics.slow_consumer_disconnects.inc();
-            log::info!(
-                client = &*self.client, user = self.identity.user.as_str(), queued_bytes = self.outbound.queued();
+            tracing::info!(
+                parent: &self.span,
+                queued_bytes = self.outbound.queued(),
                 "slow consumer: closing with 4000"
             );
         }
@@ -126,9 +130,11 @@ impl WsSession {
 
     fn reply_error(&mut self, ctx: &mut WebsocketContext<Self>, id: Option<u64>, error: &HubError) {
         self.app.metrics.error(error.code.as_str());
-        log::debug!(
-            client = &*self.client, user = self.identity.user.as_str(), code = error.code.as_str();
-            "request failed: {}", error.message
+        tracing::debug!(
+            parent: &self.span,
+            code = error.code.as_str(),
+            "request failed: {}",
+            error.message
         );
         self.reply(
             ctx,
@@ -146,8 +152,10 @@ impl WsSession {
         }
         self.closing = true;
         self.close_code = Some(Disconnect::Server(close));
-        log::info!(
-            client = &*self.client, user = self.identity.user.as_str(), code = close.code(), reason = close.label();
+        tracing::info!(
+            parent: &self.span,
+            code = close.code(),
+            reason = close.label(),
             "closing connection"
         );
         self.outbound.add(4 + close.reason().len());
@@ -348,8 +356,10 @@ impl WsSession {
         ctx.spawn(joined.into_actor(self).map(move |joined, act, ctx| {
             if let Err(e) = joined {
                 // The subscription itself holds; presence catches up at the next heartbeat.
-                log::warn!(
-                    client = &*act.client, channel = &*channel, error:% = e;
+                tracing::warn!(
+                    parent: &act.span,
+                    channel = &*channel,
+                    error = %e,
                     "presence join failed"
                 );
             }
@@ -417,9 +427,12 @@ impl WsSession {
                         if !p.duplicate {
                             act.app.metrics.published(Source::Client);
                         }
-                        log::debug!(
-                            client = &*act.client, user = act.identity.user.as_str(), channel = channel.as_str(),
-                            event_id = p.event_id.as_str(), offset = p.position.offset, duplicate = p.duplicate;
+                        tracing::debug!(
+                            parent: &act.span,
+                            channel = channel.as_str(),
+                            event_id = p.event_id.as_str(),
+                            offset = p.position.offset,
+                            duplicate = p.duplicate,
                             "published by client"
                         );
                         act.reply(
@@ -621,8 +634,8 @@ impl Actor for WsSession {
         let interval = self.app.settings.ping_interval;
         ctx.run_interval(interval, move |act, ctx| {
             if act.last_heard.elapsed() > interval.saturating_mul(2) {
-                log::info!(
-                    client = &*act.client, user = act.identity.user.as_str();
+                tracing::info!(
+                    parent: &act.span,
                     "no pong for two intervals: dropping the connection"
                 );
                 act.close_code = Some(Disconnect::Dropped);
@@ -633,7 +646,7 @@ impl Actor for WsSession {
                 ctx.ping(b"");
             }
         });
-        log::debug!(client = &*self.client, user = self.identity.user.as_str(); "connected");
+        tracing::debug!(parent: &self.span, "connected");
     }
 }
 
@@ -659,7 +672,7 @@ impl Drop for WsSession {
             self.close_code.unwrap_or(Disconnect::Dropped)
         };
         self.app.metrics.disconnected(how);
-        log::debug!(client = &*self.client, user = self.identity.user.as_str(), how:? = how; "disconnected");
+        tracing::debug!(parent: &self.span, how = ?how, "disconnected");
     }
 }
 
@@ -745,7 +758,7 @@ impl StreamHandler<Result<WsMessage, ProtocolError>> for WsSession {
                 self.close(ctx, Close::InvalidUtf8)
             }
             Err(e) => {
-                log::debug!(client = &*self.client, error:% = e; "websocket protocol error");
+                tracing::debug!(parent: &self.span, error = %e, "websocket protocol error");
                 self.close(ctx, Close::ProtocolError)
             }
         }

@@ -621,8 +621,11 @@ impl Subscriptions {
             }
             Err(e) if attempt + 1 < CATCH_UP_ATTEMPTS => {
                 let wait = Duration::from_millis(200 << attempt);
-                log::debug!(
-                    client = &*self.client, channel = &*channel, error:% = e, retry_in_ms = wait.as_millis() as u64;
+                tracing::debug!(
+                    client = &*self.client,
+                    channel = &*channel,
+                    error = %e,
+                    retry_in_ms = wait.as_millis() as u64,
                     "history read for a catch-up failed; retrying"
                 );
                 out.push(Action::ReadHistory {
@@ -637,8 +640,10 @@ impl Subscriptions {
                 });
                 return out;
             }
-            Err(e) => log::warn!(
-                client = &*self.client, channel = &*channel, error:% = e;
+            Err(e) => tracing::warn!(
+                client = &*self.client,
+                channel = &*channel,
+                error = %e,
                 "cannot fill a gap from history"
             ),
         }

@@ -143,7 +143,7 @@ pub fn spawn_app() -> TestApp {
 
 /// A node from exactly these arguments (`--bind 127.0.0.1:0` included by the caller).
 pub fn spawn_app_args(args: &[&str]) -> TestApp {
-    let _ = env_logger::builder().is_test(true).try_init();
+    realtime_hub::logging::init_for_tests();
     let config = ServeArgs::from_args(args)
         .and_then(|a| a.into_config())
         .expect("valid test config");

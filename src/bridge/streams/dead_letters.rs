@@ -262,7 +262,11 @@ impl Streams {
                 };
                 if self.replay_one(&mut conn, stream, entry_id).await? {
                     replayed += 1;
-                    log::info!(stream = stream, dead_letter = id.as_str(); "dead letter replayed");
+                    tracing::info!(
+                        stream = stream,
+                        dead_letter = id.as_str(),
+                        "dead letter replayed"
+                    );
                 }
             }
             Ok(replayed)

@@ -62,18 +62,18 @@ pub fn start_heartbeat(engine: &Arc<RedisEngine>, stats: Recipient<hub::Stats>) 
                     steady_since = None;
                     if classify(&e) == Failure::Unreachable {
                         engine.health.failed(&e);
-                        log::warn!(error:% = e; "heartbeat failed");
+                        tracing::warn!(error = %e, "heartbeat failed");
                         continue;
                     }
                     // Redis answered, refusing part of the pipeline (a key of the wrong type,
                     // memory full); the rest of it was applied.
                     engine.health.ok();
-                    log::warn!(error:% = e; "heartbeat partly refused by redis");
+                    tracing::warn!(error = %e, "heartbeat partly refused by redis");
                 }
             }
             if steady_since.is_some_and(|t| t.elapsed() >= engine.settings.lease()) {
                 if let Err(e) = remove_dead_nodes(&engine).await {
-                    log::warn!(error:% = e; "dead node cleanup failed");
+                    tracing::warn!(error = %e, "dead node cleanup failed");
                 }
             }
         }
@@ -185,8 +185,9 @@ async fn announce_again(
             }
         }
     }
-    log::warn!(
-        removed_by = by, announced = announced;
+    tracing::warn!(
+        removed_by = by,
+        announced = announced,
         "this node had been taken for dead: announcing its clients again"
     );
     if announced == 0 {
@@ -209,8 +210,9 @@ async fn remove_dead_nodes(engine: &RedisEngine) -> redis::RedisResult<()> {
             continue;
         }
         let members: Vec<String> = conn.smembers(keys.node_presence(&node)).await?;
-        log::warn!(
-            dead_node = node.as_str(), presence_entries = members.len();
+        tracing::warn!(
+            dead_node = node.as_str(),
+            presence_entries = members.len(),
             "removing a node that stopped renewing"
         );
         for member in members {

@@ -86,12 +86,12 @@ impl Commands {
         {
             Ok(fresh) => {
                 *self.current() = fresh;
-                log::warn!(
-                    stalls = STALLS_BEFORE_NEW_LINK;
+                tracing::warn!(
+                    stalls = STALLS_BEFORE_NEW_LINK,
                     "redis stopped answering on the command link: replacing it"
                 );
             }
-            Err(e) => log::warn!(error:% = e; "cannot replace the redis command link"),
+            Err(e) => tracing::warn!(error = %e, "cannot replace the redis command link"),
         }
         self.0.stalls.store(0, Ordering::Release);
     }

@@ -183,8 +183,8 @@ impl RedisEngine {
             }
             Err(mpsc::error::TrySendError::Full(_)) => {
                 if !self.ops_full.swap(true, Ordering::Relaxed) {
-                    log::warn!(
-                        queued = OPS_QUEUE;
+                    tracing::warn!(
+                        queued = OPS_QUEUE,
                         "presence and slot writes are not keeping up: dropping new ones"
                     );
                 }
@@ -309,8 +309,9 @@ pub(super) async fn apply_ops(engine: Weak<RedisEngine>, mut rx: mpsc::Receiver<
                 }
                 Err(err) => {
                     e.health.ok();
-                    log::warn!(
-                        error:% = err, write = op.name();
+                    tracing::warn!(
+                        error = %err,
+                        write = op.name(),
                         "redis refused a presence or slot write; dropped"
                     );
                     break Err(EngineError::Internal(err.to_string()));
@@ -319,13 +320,14 @@ pub(super) async fn apply_ops(engine: Weak<RedisEngine>, mut rx: mpsc::Receiver<
         };
         match &outcome {
             Ok(()) if given_up > 0 => {
-                log::info!(given_up = given_up; "presence and slot writes resumed");
+                tracing::info!(given_up = given_up, "presence and slot writes resumed");
                 given_up = 0;
             }
             Err(EngineError::Unavailable(why)) => {
                 if given_up == 0 {
-                    log::warn!(
-                        error = why.as_str(), write = op.name();
+                    tracing::warn!(
+                        error = why.as_str(),
+                        write = op.name(),
                         "presence or slot write given up; the heartbeat settles it later"
                     );
                 }

@@ -263,7 +263,10 @@ where
         }
         if let Some(timer) = this.timer.as_mut() {
             if timer.as_mut().poll(cx).is_ready() {
-                log::debug!(declared = this.message; "message not complete within its deadline: dropping");
+                tracing::debug!(
+                    declared = this.message,
+                    "message not complete within its deadline: dropping"
+                );
                 this.end();
                 return Poll::Ready(None);
             }
