@@ -122,7 +122,7 @@ pub struct TokenArgs {
     pub secret: Option<String>,
 }
 
-/// The serving settings, as given. See PROTOCOL §5 and the README's settings table.
+/// The serving settings, as given. See docs/protocol.md §9 and the README's settings table.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// Listen address [default: 0.0.0.0:8000; 127.0.0.1:8000 in development mode].

@@ -5,7 +5,7 @@
 //!
 //! Every entry carries `channel`, `event_type`, `event_id` (the idempotency key) and `data`: a
 //! domain-event envelope `{"event_id","event_type","aggregate_id","occurred_at",...}` with the
-//! same `event_id`. It knows nothing about the hub beyond that entry format (PROTOCOL §4).
+//! same `event_id`. It knows nothing about the hub beyond that entry format (docs/events.md "The entry").
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};

@@ -12,12 +12,18 @@
 //! - [`protocol`]: the wire: client frames, server frames, close codes, channel names.
 //! - [`error`]: errors mapped once to contract codes and HTTP statuses.
 //! - [`auth`]: JWT verification and channel permissions.
-//! - [`session`]: one WebSocket connection as an actor, with its bounded outbound backlog.
-//! - [`hub`]: the per-node routing actor.
+//! - [`session`]: one WebSocket connection as an actor, a thin adapter around the subscription
+//!   rules of [`session::subscription`] (plain state, unit-tested), with its rate limit and the
+//!   response stream that counts its outbound backlog.
+//! - [`hub`]: the per-node routing actor: the routing table ([`hub::Registry`]), batched
+//!   fan-out, watches, and the messages it sends to sessions.
 //! - [`engine`]: offsets, epochs, history, dedup, presence, connection slots (memory or Redis).
 //! - [`bridge`]: the Redis engine's pub/sub link, feeding other nodes' publications to the Hub,
 //!   and the Streams consumer group that ingests service events ([`bridge::streams`]).
-//! - [`http`]: the route table: `/ws`, `/api/`, `/dev/token`, health, static files.
+//! - [`http`]: the route table: `/ws` (with its bounded frame reader), `/api/`, `/dev/token`,
+//!   health, metrics, static files.
+//! - [`metrics`]: every Prometheus metric, registered once.
+//! - [`logging`]: text or JSON log lines, with a span per session carrying `client` and `user`.
 //! - [`dashboard`]: the node's figures published to `dashboard:hub`.
 //! - [`shutdown`]: the ordered drain on SIGTERM.
 //! - [`demo_events`]: the `demo-events` producer of sample domain events.

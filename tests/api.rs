@@ -1,4 +1,4 @@
-//! The server API for services (PROTOCOL §3): every route with a good key, a wrong key and no
+//! The server API for services (docs/protocol.md §6): every route with a good key, a wrong key and no
 //! key; bad bodies, bad channels, oversize bodies, unknown routes and wrong methods, always
 //! answered with the contract's JSON error and status, never a 500.
 

@@ -1,5 +1,5 @@
 //! Slow consumers: a client that does not read is closed with 4000 `slow consumer` once its
-//! backlog passes its bound, and the others keep receiving (PROTOCOL §1, ARCHITECTURE guarantees).
+//! backlog passes its bound, and the others keep receiving (docs/protocol.md §5.2).
 mod common;
 use std::time::Duration;
 

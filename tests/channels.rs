@@ -1,4 +1,4 @@
-//! Channels: subscribe, publish, history, presence, permissions and limits (PROTOCOL §2).
+//! Channels: subscribe, publish, history, presence, permissions and limits (docs/protocol.md §3).
 mod common;
 use std::time::Duration;
 

@@ -1,4 +1,4 @@
-//! Connecting: tokens, origins, the per-user connection limit, welcome (PROTOCOL §1).
+//! Connecting: tokens, origins, the per-user connection limit, welcome (docs/protocol.md §2).
 mod common;
 use common::*;
 use serde_json::json;

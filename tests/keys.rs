@@ -1,4 +1,4 @@
-//! Key-based tokens (PROTOCOL §1, `HUB_JWT_PUBLIC_KEY`): RS256 with an RSA public key, ES256 with
+//! Key-based tokens (docs/protocol.md §2.2, `HUB_JWT_PUBLIC_KEY`): RS256 with an RSA public key, ES256 with
 //! an EC P-256 public key, only the configured algorithm accepted (no algorithm confusion), and
 //! `refresh` and live expiry working with them as with HS256.
 //!

@@ -1,4 +1,4 @@
-//! The real `realtime-hub` binary as an operator runs it (PROTOCOL §5): development mode and
+//! The real `realtime-hub` binary as an operator runs it (docs/protocol.md §7–§9): development mode and
 //! its generated API key and `/dev/token`, the server API without a key, the `token`
 //! subcommand, graceful shutdown on SIGTERM/SIGINT, and clear failures on bad configuration.
 //!

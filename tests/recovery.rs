@@ -1,5 +1,5 @@
 //! Gapless subscribing and recovery: after `subscribed`, every offset exactly once, in order;
-//! a reconnecting client gets exactly what it missed (PROTOCOL §2 rules).
+//! a reconnecting client gets exactly what it missed (docs/protocol.md §3.13).
 mod common;
 use std::time::Duration;
 

@@ -1,4 +1,4 @@
-//! Failures of a Redis-backed cluster (ARCHITECTURE "Guarantees to keep", PROTOCOL §2, §3):
+//! Failures of a Redis-backed cluster (docs/scaling.md "While Redis is away", docs/protocol.md §3 and §6):
 //! a node killed without warning is forgotten by the others within four heartbeats, a Redis
 //! outage keeps connections up and answers `unavailable` until Redis is back, after which the
 //! nodes resubscribe and re-assert their state by themselves; a cut pub/sub link comes back

@@ -1,4 +1,4 @@
-//! Service events through Redis Streams (PROTOCOL §4) and the dead-letter API (§3): entries are
+//! Service events through Redis Streams (docs/events.md) and the dead-letter API (docs/protocol.md §6.9): entries are
 //! published through the engine and acknowledged after; poison goes to `<stream>:dlq` without
 //! blocking what follows; passing failures are retried, then dead-lettered; a restarted node
 //! re-reads its own pending entries; a killed node's entries are claimed by another; every

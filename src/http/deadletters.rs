@@ -1,4 +1,4 @@
-//! The dead-letter routes of the server API (PROTOCOL §3): list, replay, delete. They speak
+//! The dead-letter routes of the server API (docs/protocol.md §6.9): list, replay, delete. They speak
 //! HTTP and JSON only; the Redis side is [`crate::bridge::streams::Streams`].
 //!
 //! Without Redis (memory engine) there is no Streams ingestion and so no dead letters: the

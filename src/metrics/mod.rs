@@ -1,5 +1,5 @@
 //! Every metric of the hub, registered once, with its name, help and labels defined here only
-//! (PROTOCOL §3, docs/operations.md). Labels are of low cardinality by construction: enums and
+//! (docs/operations.md "Metrics"). Labels are of low cardinality by construction: enums and
 //! configured stream names, never a channel name or a user id.
 //!
 //! One [`Metrics`] per running node, shared by `Arc`: no process-wide globals, so several nodes

@@ -15,7 +15,7 @@ use crate::error::HubError;
 /// Longest `event_id` or `event_type`, in bytes.
 pub const MAX_EVENT_FIELD_LEN: usize = 255;
 
-/// A request a client may make (PROTOCOL §2).
+/// A request a client may make (docs/protocol.md §3).
 #[derive(Debug)]
 pub enum Request {
     Subscribe {

@@ -1,4 +1,4 @@
-//! Close codes and their exact reasons (PROTOCOL §1): the client decides from them whether to
+//! Close codes and their exact reasons (docs/protocol.md §2.7): the client decides from them whether to
 //! reconnect, get a new token, or stop.
 
 use actix_web_actors::ws::{CloseCode, CloseReason};

@@ -4,7 +4,7 @@
 //! events (a subscribe requested, the engine answered, a push arrived, history answered, an
 //! unsubscribe, a resync) and performs the [`Action`]s it returns.
 //!
-//! The guarantee it keeps (PROTOCOL §2): no push for a channel before its `subscribed` reply;
+//! The guarantee it keeps (docs/protocol.md §3.12): no push for a channel before its `subscribed` reply;
 //! after it, pushes start at the reply's offset + 1, none missing, none repeated, in order. The
 //! session registers with the Hub first and holds the channel's pushes while the engine reads
 //! the position; once the position is known the held pushes go through the same rule as live
@@ -685,7 +685,7 @@ impl Subscriptions {
 
 #[cfg(test)]
 mod tests {
-    //! PROTOCOL §2 "Rules", one behaviour each, driven through the events a session sees.
+    //! The rules of docs/protocol.md §3 (§3.2, §3.11–§3.13), one behaviour each, driven through the events a session sees.
     use super::*;
     use serde_json::Value;
 

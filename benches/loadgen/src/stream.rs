@@ -2,7 +2,7 @@
 //! stream in pipelined `XADD` batches, as fast as Redis takes them, and watches the hub's
 //! consumer group acknowledge them.
 //!
-//! Entries follow PROTOCOL §4: `channel`, `data` (the same JSON as an HTTP publication, see
+//! Entries follow docs/events.md "The entry": `channel`, `data` (the same JSON as an HTTP publication, see
 //! [`crate::frame::write_data`]) and optionally `event_id`. Every pipeline is written on one
 //! connection in sequence order, so the stream holds the entries in sequence order and a
 //! single consuming node must deliver them in that order too.

@@ -1,4 +1,4 @@
-//! `ingest`: a burst of N entries appended to the hub's Redis stream (PROTOCOL §4) with
+//! `ingest`: a burst of N entries appended to the hub's Redis stream (docs/events.md "The entry") with
 //! pipelined `XADD`, while M subscribers on the entries' channel receive them. Measures
 //! entries/s appended, entries/s delivered (first receipt anywhere to last), append-to-receipt
 //! latency, exact loss and duplicates per subscriber, order (offsets +1 each, sequence numbers
@@ -181,7 +181,7 @@ pub async fn run(ctx: &Ctx, args: &IngestArgs) -> Result<()> {
     let appended = outcome.accepted_count;
     let mut problems = d.problems("subscribers", true);
     // With several consuming nodes, entries they handle may take another order than the
-    // stream's (PROTOCOL §4); each channel's offsets must still be gapless.
+    // stream's (docs/events.md "The entry"); each channel's offsets must still be gapless.
     let consumers = outcome.group_end.as_ref().map_or(1, |g| g.consumers);
     if d.seq_behind() > 0 && consumers <= 1 {
         problems.push(format!(
