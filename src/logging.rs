@@ -9,8 +9,8 @@
 //! before tracing): JSON keys `ts`, `level`, `node`, `target`, `msg`, then every field flat;
 //! text `<ts> <LEVEL:5> node=<node> k=v ... <msg>`.
 
+use crate::clock::{unix_millis, Rfc3339Millis};
 use std::fmt::{self, Write as _};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value as Json};
 use tracing::field::{Field, Visit};
@@ -112,7 +112,7 @@ where
             }
         }
         event.record(&mut fields);
-        let ts = Rfc3339Millis(SystemTime::now());
+        let ts = Rfc3339Millis(unix_millis());
         let level = meta.level().as_str();
         let msg = fields.message.as_deref().unwrap_or_default();
         match self.format {
@@ -272,48 +272,10 @@ impl Visit for Fields {
     }
 }
 
-/// RFC 3339 in UTC with milliseconds (`2026-12-07T16:45:19.123Z`), the text env_logger's
-/// `timestamp_millis` wrote: truncated, not rounded.
-struct Rfc3339Millis(SystemTime);
-
-impl fmt::Display for Rfc3339Millis {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // A clock before 1970 is written as the epoch rather than failing the line.
-        let since = self.0.duration_since(UNIX_EPOCH).unwrap_or_default();
-        let secs = since.as_secs();
-        let (days, rem) = (secs / 86_400, secs % 86_400);
-        let (year, month, day) = civil_from_days(days);
-        write!(
-            f,
-            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-            rem / 3600,
-            rem / 60 % 60,
-            rem % 60,
-            since.subsec_millis()
-        )
-    }
-}
-
-/// The proleptic Gregorian date of a day count since 1970-01-01 (Howard Hinnant's
-/// `civil_from_days`, for days on or after the epoch).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z % 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    (year, month, day)
-}
-
 #[cfg(test)]
 mod tests {
     use std::io;
     use std::sync::{Arc, Mutex};
-    use std::time::Duration;
 
     use super::*;
 
@@ -502,15 +464,5 @@ mod tests {
         assert_eq!(line["target"], "actix_server::worker");
         assert_eq!(line["level"], "WARN");
         assert_eq!(line["msg"], "worker 3 stopped");
-    }
-
-    /// Timestamps are RFC 3339 UTC with milliseconds, truncated, as env_logger wrote them.
-    #[test]
-    fn timestamps_are_rfc3339_utc_millis() {
-        let at = |ms: u64| Rfc3339Millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string();
-        assert_eq!(at(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(at(951_782_400_999), "2000-02-29T00:00:00.999Z");
-        assert_eq!(at(1_796_663_067_286), "2026-12-07T17:04:27.286Z");
-        assert_eq!(at(4_107_542_399_000), "2100-02-28T23:59:59.000Z");
     }
 }
