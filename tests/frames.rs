@@ -319,16 +319,6 @@ async fn after_the_close_handshake_the_server_closes_tcp_at_once() {
     );
 }
 
-async fn scrape(app: &TestApp) -> String {
-    let mut res = http()
-        .get(app.http("/metrics"))
-        .send()
-        .await
-        .expect("scrape");
-    let body = res.body().limit(1 << 20).await.expect("body");
-    String::from_utf8(body.to_vec()).expect("utf-8")
-}
-
 /// Clients closing with codes of their own (1011, 4000, 3999, 4999) all count under
 /// `code="client"`: no server-fault or slow-consumer figure moves, no new label appears.
 #[actix_rt::test]

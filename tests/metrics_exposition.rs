@@ -6,17 +6,6 @@ mod common;
 
 use common::*;
 
-async fn scrape(app: &TestApp) -> String {
-    let mut res = http()
-        .get(app.http("/metrics"))
-        .send()
-        .await
-        .expect("GET /metrics");
-    assert_eq!(res.status().as_u16(), 200);
-    let body = res.body().limit(4 << 20).await.expect("body");
-    String::from_utf8_lossy(&body).into_owned()
-}
-
 /// The value of the sample line that starts with `series` followed by a space.
 fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines()

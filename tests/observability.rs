@@ -19,17 +19,6 @@ fn sample(text: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-async fn scrape(app: &TestApp) -> String {
-    let mut res = http()
-        .get(app.http("/metrics"))
-        .send()
-        .await
-        .expect("scrape");
-    assert_eq!(res.status().as_u16(), 200);
-    let body = res.body().limit(1 << 20).await.expect("body");
-    String::from_utf8(body.to_vec()).expect("utf-8")
-}
-
 /// Connections, subscriptions, publications by source, deliveries, latency, errors, refused
 /// connects, slow consumers and disconnects by code all move as the workload runs.
 #[actix_rt::test]

@@ -226,6 +226,18 @@ impl Node for TestApp {
     }
 }
 
+/// The node's `/metrics` page (Prometheus text), which must answer 200.
+pub async fn scrape(node: &impl Node) -> String {
+    let mut res = http()
+        .get(format!("{}/metrics", node.base()))
+        .send()
+        .await
+        .expect("GET /metrics");
+    assert_eq!(res.status().as_u16(), 200);
+    let body = res.body().limit(4 << 20).await.expect("body");
+    String::from_utf8(body.to_vec()).expect("utf-8")
+}
+
 /// POSTs JSON text with the API key; returns status and parsed body (`Null` if not JSON).
 pub async fn api_post(node: &impl Node, path: &str, body: &str) -> (u16, Value) {
     post_url(&format!("{}{path}", node.base()), Some(API_KEY), body).await
