@@ -181,7 +181,7 @@ pub async fn run(
     // After a response ends with its request unread (every WebSocket), actix keeps reading and
     // discarding for this long before it closes; its 1 s default kept every closed WebSocket's
     // TCP connection open for a second, and the server must close first, at once (RFC 6455 §7.1.1).
-    .client_disconnect_timeout(std::time::Duration::from_millis(20))
+    .client_disconnect_timeout(std::time::Duration::ZERO)
     .on_connect(move |conn, _| http::tune_connection(conn, ping_interval))
     .listen(listener)?
     .run();
