@@ -10,6 +10,7 @@ use actix::Addr;
 use crate::auth::Verifier;
 use crate::bridge::streams::Streams;
 use crate::config::Config;
+use crate::deadletters::{DeadLetterSource, DeadLetters};
 use crate::engine::Engine;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -27,6 +28,8 @@ pub struct AppState {
     /// The Streams ingestion (Redis engine only): dead letters and `/api/info` figures (its
     /// readers count into `metrics` themselves). Stopped by the shutdown.
     pub streams: Option<Arc<Streams>>,
+    /// Every source of dead letters this node has, for `/api/deadletters`.
+    pub dead_letters: DeadLetters,
     /// Set once shutdown begins: `/ready` answers 503 and new connections are refused.
     draining: AtomicBool,
 }
@@ -61,12 +64,17 @@ impl AppState {
             session,
             started: Instant::now(),
             streams: None,
+            dead_letters: DeadLetters::default(),
             draining: AtomicBool::new(false),
         }
     }
 
     /// With the Streams ingestion this node runs.
     pub fn with_streams(mut self, streams: Option<Arc<Streams>>) -> Self {
+        if let Some(streams) = &streams {
+            self.dead_letters
+                .add(Arc::clone(streams) as Arc<dyn DeadLetterSource>);
+        }
         self.streams = streams;
         self
     }

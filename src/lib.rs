@@ -34,6 +34,7 @@ pub mod bridge;
 pub mod clock;
 pub mod config;
 pub mod dashboard;
+pub mod deadletters;
 pub mod demo_events;
 pub mod engine;
 pub mod error;

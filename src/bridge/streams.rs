@@ -41,7 +41,7 @@ use redis::{AsyncConnectionConfig, RedisResult, Value};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use dead_letters::{DeadLetter, StreamInfo};
+pub use dead_letters::StreamInfo;
 use entry::{Entry, Verdict};
 
 use super::backoff::Backoff;

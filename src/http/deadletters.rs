@@ -1,9 +1,9 @@
 //! The dead-letter routes of the server API (docs/protocol.md §6.9): list, replay, delete. They speak
-//! HTTP and JSON only; the Redis side is [`crate::bridge::streams::Streams`].
+//! HTTP and JSON only; the sources are [`crate::deadletters::DeadLetters`].
 //!
-//! Without Redis (memory engine) there is no Streams ingestion and so no dead letters: the
-//! list is empty, a replay replays nothing (`{"replayed":0}`) and a delete answers 404
-//! `not_found`, as for any id that names no dead letter.
+//! With no source (memory engine, no webhooks) the list is empty, a replay replays nothing
+//! (`{"replayed":0}`) and a delete answers 404 `not_found`, as for any id that names no dead
+//! letter.
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::api::{check_length, read_json};
 use super::not_found;
 use crate::app::AppState;
-use crate::bridge::streams::DeadLetter;
+use crate::deadletters::DeadLetter;
 use crate::error::HubError;
 
 /// Dead letters listed when no `limit` is given.
@@ -48,7 +48,7 @@ struct ListAnswer {
     entries: Vec<DeadLetter>,
 }
 
-/// `GET /api/deadletters?limit=`: newest first across every configured stream; `limit`
+/// `GET /api/deadletters?limit=`: newest first across every source; `limit`
 /// defaults to 100 and is capped at 1000.
 async fn list(req: HttpRequest, app: web::Data<AppState>) -> Result<HttpResponse, HubError> {
     let query = web::Query::<ListQuery>::from_query(req.query_string())
@@ -56,10 +56,7 @@ async fn list(req: HttpRequest, app: web::Data<AppState>) -> Result<HttpResponse
     let limit = query
         .limit
         .map_or(DEFAULT_LIMIT, |l| usize::try_from(l).unwrap_or(usize::MAX));
-    let entries = match &app.streams {
-        Some(streams) => streams.dead_letters(limit).await?,
-        None => Vec::new(),
-    };
+    let entries = app.dead_letters.list(limit).await?;
     Ok(HttpResponse::Ok().json(ListAnswer { entries }))
 }
 
@@ -81,10 +78,7 @@ async fn replay(
 ) -> Result<HttpResponse, HubError> {
     check_length(&req)?;
     let body: ReplayBody = read_json(body).await?;
-    let replayed = match &app.streams {
-        Some(streams) => streams.replay(&body.ids).await?,
-        None => 0,
-    };
+    let replayed = app.dead_letters.replay(&body.ids).await?;
     Ok(HttpResponse::Ok().json(ReplayAnswer { replayed }))
 }
 
@@ -99,10 +93,7 @@ async fn delete(req: HttpRequest, app: web::Data<AppState>) -> Result<HttpRespon
     let id = percent_encoding::percent_decode_str(raw)
         .decode_utf8()
         .map_err(|_| HubError::bad_request("the id is not valid UTF-8"))?;
-    let deleted = match &app.streams {
-        Some(streams) => streams.delete(&id).await?,
-        None => false,
-    };
+    let deleted = app.dead_letters.delete(&id).await?;
     if deleted {
         Ok(HttpResponse::Ok().json(DeleteAnswer { deleted: 1 }))
     } else {

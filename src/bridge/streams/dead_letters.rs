@@ -16,10 +16,9 @@ use serde::Serialize;
 
 use super::entry::{self, id_order, split_dead};
 use super::{dead_letter_stream, Streams};
+use crate::deadletters::{DeadLetter, DeadLetterSource, MAX_LIST};
 use crate::engine::EngineError;
 
-/// Most dead letters one listing returns.
-pub const MAX_LIST: usize = 1000;
 /// Longest an API operation (figures, list, replay, delete) may take, all its commands together.
 pub const API_DEADLINE: Duration = Duration::from_secs(2);
 
@@ -46,21 +45,6 @@ pub struct StreamInfo {
     /// Entries not yet delivered to the group; `None` where Redis cannot tell.
     pub lag: Option<u64>,
     pub dead_letters: u64,
-}
-
-/// One dead letter, as `/api/deadletters` lists it.
-#[derive(Debug, Clone, Serialize)]
-pub struct DeadLetter {
-    /// `<dead-letter stream>/<entry id>`.
-    pub id: String,
-    pub stream: String,
-    pub original_id: String,
-    pub reason: String,
-    pub deliveries: u64,
-    /// Unix ms.
-    pub failed_at: u64,
-    /// The entry's fields as the service wrote them (bytes that are not UTF-8 shown lossily).
-    pub fields: serde_json::Map<String, serde_json::Value>,
 }
 
 fn unavailable(e: redis::RedisError) -> EngineError {
@@ -187,7 +171,7 @@ impl Streams {
     }
 
     /// The newest `limit` dead letters across every configured stream, newest first.
-    pub async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, EngineError> {
+    async fn stream_dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, EngineError> {
         let limit = limit.min(MAX_LIST);
         if limit == 0 {
             return Ok(Vec::new());
@@ -252,7 +236,7 @@ impl Streams {
     /// Puts each listed dead letter's original fields back on its stream (as a new entry) and
     /// removes it from the dead letters. Ids that name no dead letter are skipped. Returns how
     /// many were replayed.
-    pub async fn replay(&self, ids: &[String]) -> Result<usize, EngineError> {
+    async fn replay_ids(&self, ids: &[String]) -> Result<usize, EngineError> {
         within("replay", async {
             let mut conn = self.conn.clone();
             let mut replayed = 0;
@@ -311,7 +295,7 @@ impl Streams {
     }
 
     /// Deletes one dead letter; `false` when there is no such dead letter.
-    pub async fn delete(&self, id: &str) -> Result<bool, EngineError> {
+    async fn delete_id(&self, id: &str) -> Result<bool, EngineError> {
         let Some((stream, entry_id)) = self.locate(id) else {
             return Ok(false);
         };
@@ -325,6 +309,20 @@ impl Streams {
             Ok(deleted == 1)
         })
         .await
+    }
+}
+
+/// The dead letters of `HUB_STREAMS`: ids `<dead-letter stream>/<entry id>`.
+#[async_trait::async_trait]
+impl DeadLetterSource for Streams {
+    async fn list(&self, limit: usize) -> Result<Vec<DeadLetter>, EngineError> {
+        self.stream_dead_letters(limit).await
+    }
+    async fn replay(&self, ids: &[String]) -> Result<usize, EngineError> {
+        self.replay_ids(ids).await
+    }
+    async fn delete(&self, id: &str) -> Result<bool, EngineError> {
+        self.delete_id(id).await
     }
 }
 
