@@ -296,3 +296,42 @@ async fn nodes_with_different_prefixes_do_not_see_each_other() {
     assert_eq!(on_a.next_of("message").await["data"], "only one");
     on_b.expect_silence(Duration::from_millis(300)).await;
 }
+
+/// A node's lease is live while its expiry, on the Redis server's clock, is still ahead; a node
+/// that never held one, or whose expiry has passed, is gone (the Streams readers rely on this to
+/// remove the consumers of dead nodes, and only those).
+#[actix_rt::test]
+async fn a_lease_is_live_only_until_its_expiry_on_the_redis_clock() {
+    use realtime_hub::engine::redis::node_lease_live;
+    let redis = RedisServer::start();
+    let client = redis::Client::open(redis.url()).expect("a redis url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("a connection");
+    let (secs, micros): (u64, u64) = redis::cmd("TIME")
+        .query_async(&mut conn)
+        .await
+        .expect("the server's clock");
+    let now_ms = secs * 1000 + micros / 1000;
+    let nodes = "test:nodes";
+    let _: () = redis::pipe()
+        .zadd(nodes, "ahead", now_ms + 60_000)
+        .ignore()
+        .zadd(nodes, "passed", now_ms.saturating_sub(60_000))
+        .ignore()
+        .query_async(&mut conn)
+        .await
+        .expect("leases written");
+    let live = |node: &'static str| {
+        let mut conn = conn.clone();
+        async move {
+            node_lease_live(&mut conn, nodes, node)
+                .await
+                .expect("an answer")
+        }
+    };
+    assert!(live("ahead").await, "an expiry a minute ahead is live");
+    assert!(!live("passed").await, "an expiry a minute ago is gone");
+    assert!(!live("never").await, "a node without a lease is gone");
+}
