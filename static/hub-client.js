@@ -560,7 +560,8 @@ export class HubClient {
 
   /**
    * Subscribes to a channel and keeps the subscription across reconnects (resubscribing with
-   * `recover`). Resolves with the first `subscribed` reply; rejects (and forgets the subscription)
+   * `recover`). Several subscribers of one channel share one hub subscription; each gets every
+   * event (`since` counts only on the first). Resolves with the first `subscribed` reply; rejects (and forgets the subscription)
    * if the hub refuses it.
    *
    * @param {string} channel
@@ -575,13 +576,14 @@ export class HubClient {
   subscribe(channel, handlers = {}) {
     const existing = this._subs.get(channel);
     if (existing) {
-      // Like the hub: subscribing twice is harmless. The newest handlers win.
-      existing.handlers = handlers;
+      // One hub subscription serves every subscriber of the channel in this client (two
+      // components on one room): each gets every event. The same handlers object twice counts once.
+      if (!existing.listeners.includes(handlers)) existing.listeners.push(handlers);
       return existing.ready;
     }
     const sub = {
       channel,
-      handlers,
+      listeners: [handlers],
       position: handlers.since ? { offset: handlers.since.offset, epoch: handlers.since.epoch } : null,
       active: false,
       retryTimer: null,
@@ -602,10 +604,18 @@ export class HubClient {
     return sub.ready;
   }
 
-  /** Ends a subscription. Resolves once the hub confirmed it (or at once while disconnected). */
-  async unsubscribe(channel) {
+  /**
+   * Ends a subscription. With `handlers` (the object given to `subscribe`), removes only that
+   * subscriber, and the channel stays subscribed while others remain; without, removes them all.
+   * Resolves once the hub confirmed it (or at once while disconnected).
+   */
+  async unsubscribe(channel, handlers) {
     const sub = this._subs.get(channel);
     if (!sub) return;
+    if (handlers !== undefined) {
+      sub.listeners = sub.listeners.filter((l) => l !== handlers);
+      if (sub.listeners.length > 0) return;
+    }
     this._subs.delete(channel);
     clearTimeout(sub.retryTimer);
     if (!sub.settled) {
@@ -715,12 +725,15 @@ export class HubClient {
   }
 
   _callHandler(sub, name, arg) {
-    const fn = sub.handlers[name];
-    if (typeof fn !== "function") return;
-    try {
-      fn(arg);
-    } catch (err) {
-      reportAppError(err);
+    // A copy: a handler may unsubscribe itself (or another) while events are handed out.
+    for (const handlers of [...sub.listeners]) {
+      const fn = handlers[name];
+      if (typeof fn !== "function") continue;
+      try {
+        fn(arg);
+      } catch (err) {
+        reportAppError(err);
+      }
     }
   }
 }

@@ -207,6 +207,52 @@ test("join and leave pushes reach the subscription's handlers; unsubscribe stops
   assert.deepEqual(client.channels, []);
 });
 
+test("two subscribers of one channel share one hub subscription and each gets every event", async (t) => {
+  const { hub, client } = setup();
+  t.after(() => client.close());
+  const seen = [];
+  client.connect();
+  const ws = await connected(hub, client);
+  const list = { onMessage: (m) => seen.push(`list:${m.offset}`), onJoin: (j) => seen.push(`list:join:${j.user}`) };
+  const badge = { onMessage: (m) => seen.push(`badge:${m.offset}`), onJoin: (j) => seen.push(`badge:join:${j.user}`) };
+  const first = client.subscribe("chat:lobby", list);
+  const second = client.subscribe("chat:lobby", badge);
+  const sub = await hub.request(ws, "subscribe");
+  ws.push({ type: "subscribed", id: sub.id, channel: "chat:lobby", offset: 0, epoch: "A", recovered: false, publications: [] });
+  assert.deepEqual(await first, await second);
+  assert.equal(ws.sent.filter((f) => f.type === "subscribe").length, 1, "one subscribe frame for both");
+  ws.push(message("chat:lobby", 1, "A"));
+  ws.push({ type: "join", channel: "chat:lobby", client: "c2", user: "bob", info: {} });
+  assert.deepEqual(seen, ["list:1", "badge:1", "list:join:bob", "badge:join:bob"]);
+});
+
+test("unsubscribing one subscriber keeps the channel for the others; the last one ends it", async (t) => {
+  const { hub, client } = setup();
+  t.after(() => client.close());
+  const seen = [];
+  client.connect();
+  const ws = await connected(hub, client);
+  const list = { onMessage: (m) => seen.push(`list:${m.offset}`) };
+  const badge = { onMessage: (m) => seen.push(`badge:${m.offset}`) };
+  const ready = client.subscribe("chat:lobby", list);
+  client.subscribe("chat:lobby", badge);
+  const sub = await hub.request(ws, "subscribe");
+  ws.push({ type: "subscribed", id: sub.id, channel: "chat:lobby", offset: 0, epoch: "A", recovered: false, publications: [] });
+  await ready;
+  await client.unsubscribe("chat:lobby", list);
+  assert.equal(ws.sent.filter((f) => f.type === "unsubscribe").length, 0, "still subscribed for the badge");
+  assert.deepEqual(client.channels, ["chat:lobby"]);
+  ws.push(message("chat:lobby", 1, "A"));
+  assert.deepEqual(seen, ["badge:1"]);
+  const done = client.unsubscribe("chat:lobby", badge);
+  const unsub = await hub.request(ws, "unsubscribe");
+  ws.push({ type: "unsubscribed", id: unsub.id, channel: "chat:lobby" });
+  await done;
+  ws.push(message("chat:lobby", 2, "A"));
+  assert.deepEqual(seen, ["badge:1"]);
+  assert.deepEqual(client.channels, []);
+});
+
 test("a refused subscribe rejects with the hub's error and is forgotten", async (t) => {
   const { hub, client } = setup();
   t.after(() => client.close());
