@@ -35,12 +35,17 @@ test("two components subscribed to one room both get its messages, until each un
     };
     const client = new HubClient({ getToken });
     const seen = { list: [], badge: [] };
+    // Resolves once `who` saw `text`; gives up after 10 s with what it saw instead.
     const arrived = (who, text) =>
-      new Promise((resolve) => {
+      new Promise((resolve, reject) => {
+        const started = Date.now();
         const poll = setInterval(() => {
           if (seen[who].includes(text)) {
             clearInterval(poll);
             resolve();
+          } else if (Date.now() - started > 10_000) {
+            clearInterval(poll);
+            reject(new Error(`${who} never got "${text}": saw ${JSON.stringify(seen)}`));
           }
         }, 10);
       });
