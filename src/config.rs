@@ -237,6 +237,31 @@ pub struct ServeArgs {
     /// HTTP worker threads [default: number of cores].
     #[arg(long, env = "HUB_WORKERS")]
     pub workers: Option<usize>,
+    /// Lifecycle event types to emit, comma-separated, or `*` [default: none, off].
+    #[arg(long, env = "HUB_LIFECYCLE_EVENTS", value_delimiter = ',')]
+    pub lifecycle_events: Vec<String>,
+    /// Seconds a user, channel or member stays "up" after its last connection left (0-3600).
+    #[arg(long, env = "HUB_LIFECYCLE_GRACE_S", default_value_t = 3)]
+    pub lifecycle_grace_s: u64,
+    /// Redis engine: stream every lifecycle event is appended to [default: <prefix>:lifecycle;
+    /// empty: none].
+    #[arg(long, env = "HUB_LIFECYCLE_STREAM")]
+    pub lifecycle_stream: Option<String>,
+    /// http(s) URLs every lifecycle event is POSTed to, comma-separated.
+    #[arg(long, env = "HUB_WEBHOOK_URLS", value_delimiter = ',')]
+    pub webhook_urls: Vec<String>,
+    /// Secret of the webhooks' HMAC-SHA256 signature (required with URLs).
+    #[arg(long, env = "HUB_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+    /// Seconds a webhook request may take before it counts as failed.
+    #[arg(long, env = "HUB_WEBHOOK_TIMEOUT_S", default_value_t = 5)]
+    pub webhook_timeout_s: u64,
+    /// Attempts of one webhook batch before its events are dead-lettered.
+    #[arg(long, env = "HUB_WEBHOOK_MAX_ATTEMPTS", default_value_t = 8)]
+    pub webhook_max_attempts: u32,
+    /// Memory engine: webhook events held per URL; the oldest are dropped beyond it.
+    #[arg(long, env = "HUB_WEBHOOK_QUEUE", default_value_t = 10_000)]
+    pub webhook_queue: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -341,6 +366,140 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     pub log_format: LogFormat,
     pub workers: usize,
+    pub lifecycle: LifecycleConfig,
+    /// `None` without `HUB_WEBHOOK_URLS`.
+    pub webhooks: Option<WebhookConfig>,
+}
+
+/// Lifecycle events (docs/lifecycle.md).
+#[derive(Debug, Clone)]
+pub struct LifecycleConfig {
+    /// The types to emit; empty: lifecycle events are off (nothing is tracked either).
+    pub events: Vec<crate::lifecycle::Kind>,
+    pub grace: Duration,
+    /// Redis engine: the stream events are appended to; `None`: no stream.
+    pub stream: Option<String>,
+}
+
+impl LifecycleConfig {
+    pub fn enabled(&self) -> bool {
+        !self.events.is_empty()
+    }
+}
+
+/// Webhook delivery of lifecycle events.
+#[derive(Clone)]
+pub struct WebhookConfig {
+    pub urls: Vec<String>,
+    pub secret: Vec<u8>,
+    pub timeout: Duration,
+    pub max_attempts: u32,
+    /// Memory engine: events held per URL.
+    pub queue_events: usize,
+}
+
+impl std::fmt::Debug for WebhookConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The secret is never printed.
+        f.debug_struct("WebhookConfig")
+            .field("urls", &self.urls)
+            .field("secret", &"<redacted>")
+            .field("timeout", &self.timeout)
+            .field("max_attempts", &self.max_attempts)
+            .field("queue_events", &self.queue_events)
+            .finish()
+    }
+}
+
+/// The most `HUB_LIFECYCLE_GRACE_S` may be: an hour.
+pub const MAX_LIFECYCLE_GRACE_S: u64 = 3600;
+
+/// Validates the lifecycle and webhook settings.
+fn lifecycle_settings(
+    args: &ServeArgs,
+) -> Result<(LifecycleConfig, Option<WebhookConfig>), ConfigError> {
+    let names = non_empty(args.lifecycle_events.clone());
+    let events = if names.iter().any(|n| n == "*") {
+        crate::lifecycle::Kind::ALL.to_vec()
+    } else {
+        let mut events = Vec::new();
+        for name in &names {
+            let kind = crate::lifecycle::Kind::from_name(name).ok_or_else(|| {
+                ConfigError(format!(
+                    "HUB_LIFECYCLE_EVENTS: unknown event type `{name}` (known: {}, or *)",
+                    crate::lifecycle::Kind::ALL.map(|k| k.name()).join(", ")
+                ))
+            })?;
+            if !events.contains(&kind) {
+                events.push(kind);
+            }
+        }
+        events
+    };
+    if args.lifecycle_grace_s > MAX_LIFECYCLE_GRACE_S {
+        return Err(ConfigError(format!(
+            "HUB_LIFECYCLE_GRACE_S must be at most {MAX_LIFECYCLE_GRACE_S}"
+        )));
+    }
+    let stream = match &args.lifecycle_stream {
+        Some(s) if s.trim().is_empty() => None,
+        Some(s) => Some(s.trim().to_owned()),
+        None => Some(format!("{}:lifecycle", args.redis_prefix)),
+    };
+    let lifecycle = LifecycleConfig {
+        events,
+        grace: Duration::from_secs(args.lifecycle_grace_s),
+        stream,
+    };
+    let urls = non_empty(args.webhook_urls.clone());
+    if urls.is_empty() {
+        return Ok((lifecycle, None));
+    }
+    if !lifecycle.enabled() {
+        return Err(ConfigError(
+            "HUB_WEBHOOK_URLS needs HUB_LIFECYCLE_EVENTS: name the event types to send".into(),
+        ));
+    }
+    for url in &urls {
+        check_webhook_url(url)?;
+    }
+    let secret =
+        match args.webhook_secret.as_deref() {
+            Some(s) if !s.is_empty() => s.as_bytes().to_vec(),
+            _ => return Err(ConfigError(
+                "HUB_WEBHOOK_URLS needs HUB_WEBHOOK_SECRET: receivers verify the signature with it"
+                    .into(),
+            )),
+        };
+    if args.webhook_max_attempts == 0 {
+        return Err(ConfigError(
+            "HUB_WEBHOOK_MAX_ATTEMPTS must be at least 1".into(),
+        ));
+    }
+    if args.webhook_queue == 0 {
+        return Err(ConfigError("HUB_WEBHOOK_QUEUE must be at least 1".into()));
+    }
+    let webhooks = WebhookConfig {
+        urls,
+        secret,
+        timeout: seconds("HUB_WEBHOOK_TIMEOUT_S", args.webhook_timeout_s, 1)?,
+        max_attempts: args.webhook_max_attempts,
+        queue_events: args.webhook_queue,
+    };
+    Ok((lifecycle, Some(webhooks)))
+}
+
+/// An absolute `http://` or `https://` URL with a host.
+fn check_webhook_url(url: &str) -> Result<(), ConfigError> {
+    let bad = |why: String| ConfigError(format!("HUB_WEBHOOK_URLS: `{url}` {why}"));
+    let parsed = url::Url::parse(url).map_err(|e| bad(format!("is not a URL: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(bad("is not an http:// or https:// URL".into()));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(bad("has no host".into()));
+    }
+    Ok(())
 }
 
 /// A setting that cannot be used, with the variable to fix.
@@ -406,6 +565,7 @@ impl ServeArgs {
     /// Validates the settings and fills in the derived defaults (development mode, bind address,
     /// node id, generated secrets).
     pub fn into_config(self) -> Result<Config, ConfigError> {
+        let (lifecycle, webhooks) = lifecycle_settings(&self)?;
         let secret = self.jwt_secret.filter(|s| !s.is_empty());
         let public_key_pem = match &self.jwt_public_key {
             Some(path) => Some(std::fs::read(path).map_err(|e| {
@@ -478,6 +638,8 @@ impl ServeArgs {
             .unwrap_or(if dev_mode { 1 } else { 0 });
         let dashboard_interval = seconds("HUB_DASHBOARD_INTERVAL_S", dashboard_s, 0)?;
         Ok(Config {
+            lifecycle,
+            webhooks,
             bind,
             node_id,
             redis_url: self.redis_url.filter(|u| !u.is_empty()),

@@ -40,6 +40,7 @@ pub mod engine;
 pub mod error;
 pub mod http;
 pub mod hub;
+pub mod lifecycle;
 pub mod logging;
 pub mod metrics;
 pub mod protocol;

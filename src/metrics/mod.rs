@@ -205,6 +205,23 @@ pub struct Metrics {
     pub stream_pending: Family<StreamLabels, Gauge>,
     /// As `stream_pending`; a stream's series is absent while Redis cannot tell its lag.
     pub stream_lag: Family<StreamLabels, Gauge>,
+    /// Lifecycle events emitted by this node (with Redis, by whichever node decided them).
+    pub lifecycle_events: Family<TypeLabels, Counter>,
+    /// Webhook requests made by this node, by result: `ok`, `error`, `timeout`.
+    pub webhook_requests: Family<ResultLabels, Counter>,
+    /// Events waiting in the webhook queues (every URL's), as this node last saw them.
+    pub webhook_queue_events: Gauge,
+    /// Events moved to the webhook dead letters by this node.
+    pub webhook_dead: Counter,
+    /// Memory engine: events dropped from a full webhook queue (the oldest first).
+    pub webhook_dropped: Counter,
+    /// Events the hub knows it lost: a memory queue's content at shutdown, state Redis lost.
+    pub webhook_lost: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TypeLabels {
+    pub r#type: String,
 }
 
 impl Metrics {
@@ -229,6 +246,12 @@ impl Metrics {
             stream_entries: Family::default(),
             stream_pending: Family::default(),
             stream_lag: Family::default(),
+            lifecycle_events: Family::default(),
+            webhook_requests: Family::default(),
+            webhook_queue_events: Gauge::default(),
+            webhook_dead: Counter::default(),
+            webhook_dropped: Counter::default(),
+            webhook_lost: Counter::default(),
             registry: Registry::default(),
         };
         // Counters get their `_total` suffix from the encoder.
@@ -304,6 +327,46 @@ impl Metrics {
             m.stream_lag.clone(),
         );
         registry.register(
+            "hub_lifecycle_events",
+            "Lifecycle events emitted (decided) by this node, by type",
+            m.lifecycle_events.clone(),
+        );
+        registry.register(
+            "hub_webhook_requests",
+            "Webhook requests made by this node, by result (ok, error, timeout)",
+            m.webhook_requests.clone(),
+        );
+        registry.register(
+            "hub_webhook_queue_events",
+            "Lifecycle events waiting for webhook delivery, all URLs together",
+            m.webhook_queue_events.clone(),
+        );
+        registry.register(
+            "hub_webhook_dead",
+            "Webhook events moved to the dead letters after their last attempt",
+            m.webhook_dead.clone(),
+        );
+        registry.register(
+            "hub_webhook_dropped",
+            "Memory engine: webhook events dropped, oldest first, from a full queue",
+            m.webhook_dropped.clone(),
+        );
+        registry.register(
+            "hub_webhook_lost",
+            "Webhook events the hub knows it lost (a memory queue at shutdown)",
+            m.webhook_lost.clone(),
+        );
+        for kind in crate::lifecycle::Kind::ALL {
+            let _ = m.lifecycle_events.get_or_create(&TypeLabels {
+                r#type: kind.name().to_owned(),
+            });
+        }
+        for result in ["ok", "error", "timeout"] {
+            let _ = m.webhook_requests.get_or_create(&ResultLabels {
+                result: result.to_owned(),
+            });
+        }
+        registry.register(
             "hub_build",
             "The running build",
             Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
@@ -340,6 +403,23 @@ impl Metrics {
                 });
             }
         }
+    }
+
+    pub fn lifecycle_event(&self, kind: crate::lifecycle::Kind) {
+        self.lifecycle_events
+            .get_or_create(&TypeLabels {
+                r#type: kind.name().to_owned(),
+            })
+            .inc();
+    }
+
+    /// One webhook request's result: `ok`, `error` or `timeout`.
+    pub fn webhook_request(&self, result: &str) {
+        self.webhook_requests
+            .get_or_create(&ResultLabels {
+                result: result.to_owned(),
+            })
+            .inc();
     }
 
     pub fn published(&self, source: Source) {

@@ -82,10 +82,72 @@ impl Keys {
         topic.strip_prefix(&self.prefix)?.strip_prefix(":ch:")
     }
 
+    /// List of the lifecycle events waiting for delivery to the webhook `url`, oldest first
+    /// (one queue per URL: each has its own order and delivery ids).
+    pub fn webhook_queue(&self, url: &str) -> String {
+        format!("{}:webhooks:{{{}}}:queue", self.prefix, url_tag(url))
+    }
+
+    /// Hash of the batch in flight to `url`: `delivery` (its `X-Hub-Delivery`), `count` (the
+    /// events at the queue's head it holds), `attempts`, `next_at`, `error`.
+    pub fn webhook_batch(&self, url: &str) -> String {
+        format!("{}:webhooks:{{{}}}:batch", self.prefix, url_tag(url))
+    }
+
+    /// The node delivering to `url` (`SET NX PX`): one sender per URL keeps batches in order.
+    pub fn webhook_lock(&self, url: &str) -> String {
+        format!("{}:webhooks:{{{}}}:lock", self.prefix, url_tag(url))
+    }
+
+    /// Stream of webhook events given up after their last attempt.
+    pub fn webhook_dlq(&self) -> String {
+        format!("{}:webhooks:dlq", self.prefix)
+    }
+
+    /// Hash client → node of the connections holding a lifecycle subject
+    /// ([`crate::lifecycle::Subject::key`]).
+    pub fn lifecycle_holders(&self, subject: &str) -> String {
+        format!("{}:lc:{{{subject}}}:holders", self.prefix)
+    }
+
+    /// Present while the subject is up (held, or inside its grace); its value is the pending
+    /// down event's reason while a grace runs, else empty.
+    pub fn lifecycle_up(&self, subject: &str) -> String {
+        format!("{}:lc:{{{subject}}}:up", self.prefix)
+    }
+
+    /// Sorted set subject → grace deadline (Unix ms on the Redis clock).
+    pub fn lifecycle_grace(&self) -> String {
+        format!("{}:lc:grace", self.prefix)
+    }
+
+    /// Set of `<subject>\t<client>` a node holds, so that whoever removes the node when it
+    /// dies can take them down (`node_lost`).
+    pub fn lifecycle_node(&self, node: &str) -> String {
+        format!("{}:lc:node:{node}", self.prefix)
+    }
+
+    /// Set by the node that took `node`'s subjects down as lost; should `node` be alive after
+    /// all, it announces them again (`online` once more), keeping the alternation.
+    pub fn lifecycle_node_lost(&self, node: &str) -> String {
+        format!("{}:lc:node:{node}:lost", self.prefix)
+    }
+
     /// The topic nodes talk to each other on.
     pub fn control(&self) -> String {
         format!("{}:control", self.prefix)
     }
+}
+
+/// A short stable name for a webhook URL, for its keys: the first 16 hex digits of its
+/// SHA-256 (URLs may hold characters a key should not, and may be long).
+pub fn url_tag(url: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(url.as_bytes())
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[cfg(test)]
