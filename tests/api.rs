@@ -586,7 +586,7 @@ async fn body_of_exactly_one_mib_is_accepted() {
 async fn chunked_body_over_one_mib_is_too_large() {
     let app = spawn_app();
     let mut chunks = vec![Bytes::from_static(br#"{"channel":"chat:big","data":""#)];
-    chunks.extend(std::iter::repeat(Bytes::from(vec![b'x'; 64 << 10])).take(17));
+    chunks.extend(std::iter::repeat_n(Bytes::from(vec![b'x'; 64 << 10]), 17));
     chunks.push(Bytes::from_static(br#""}"#));
     let res = http()
         .post(app.http("/api/publish"))
