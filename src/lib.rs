@@ -59,9 +59,10 @@ use bridge::streams::{StreamSettings, Streams};
 use bridge::RedisBridge;
 use config::Config;
 use engine::memory::MemoryEngine;
-use engine::redis::{start_heartbeat, Keys, RedisEngine, RedisSettings};
+use engine::redis::{start_heartbeat, Keys, LifecycleSettings, RedisEngine, RedisSettings};
 use engine::{Deadline, Engine};
 use hub::{Hub, UseWatcher, Watcher};
+use lifecycle::Emitter;
 use metrics::Metrics;
 
 /// Listen backlog: the default of 128 overflows under connection bursts (1 s SYN retries).
@@ -104,20 +105,40 @@ pub async fn run(
     let streams_client = redis_client.clone();
     let engine: Arc<dyn Engine> = match redis_client {
         None => {
-            let memory = Arc::new(MemoryEngine::new(
+            let mut memory = MemoryEngine::new(
                 hub.clone().recipient(),
                 config.history_size,
                 config.history_ttl,
                 config.dedup_window,
-            ));
+            );
+            if config.lifecycle.enabled() {
+                let emitter =
+                    Emitter::new(config.lifecycle.events.clone(), Arc::clone(&metrics), None);
+                memory = memory.with_lifecycle(config.lifecycle.grace, emitter);
+            }
+            let memory = Arc::new(memory);
             memory.start_sweeper();
             Arc::new(Deadline(memory))
         }
         Some(client) => {
             let keys = Keys::new(&config.redis_prefix);
-            let redis =
-                RedisEngine::new(&client, keys.clone(), RedisSettings::from_config(&config))
-                    .map_err(std::io::Error::other)?;
+            let lifecycle = config.lifecycle.enabled().then(|| LifecycleSettings {
+                emitter: Emitter::new(config.lifecycle.events.clone(), Arc::clone(&metrics), None),
+                grace: config.lifecycle.grace,
+                stream: config.lifecycle.stream.clone(),
+                webhook_queues: config
+                    .webhooks
+                    .iter()
+                    .flat_map(|w| w.urls.iter().map(|u| keys.webhook_queue(u)))
+                    .collect(),
+            });
+            let redis = RedisEngine::with_lifecycle(
+                &client,
+                keys.clone(),
+                RedisSettings::from_config(&config),
+                lifecycle,
+            )
+            .map_err(std::io::Error::other)?;
             let bridge = RedisBridge::new(
                 client,
                 keys,

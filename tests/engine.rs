@@ -20,7 +20,7 @@ use serde_json::{json, value::RawValue, Value};
 use common::*;
 use realtime_hub::engine::memory::MemoryEngine;
 use realtime_hub::engine::redis::{Keys, RedisEngine, RedisSettings};
-use realtime_hub::engine::{Engine, PublishRequest, Published};
+use realtime_hub::engine::{Engine, PublishRequest, Published, Reason};
 use realtime_hub::hub::Hub;
 use realtime_hub::metrics::Metrics;
 use realtime_hub::protocol::{ClientInfo, Message, Position};
@@ -451,7 +451,7 @@ async fn presence_lists_who_joined_until_they_leave(make: Make) {
         .collect();
     assert!(users.contains(&"ann".to_owned()) && users.contains(&"bob".to_owned()));
     // `leave` is fire and forget: it takes effect in call order, shortly.
-    e.leave("p", "c1", true);
+    e.leave("p", "c1", true, Reason::Closed);
     eventually("c1 left p", || async { present(e, "p").await == ["c2"] }).await;
     assert_eq!(present(e, "other").await, ["c3"]);
 }
@@ -472,7 +472,7 @@ async fn a_released_slot_can_be_taken_again(make: Make) {
     let e = &*u.engine;
     assert!(e.acquire_connection("ann", "c1", 1).await.expect("slot"));
     assert!(!e.acquire_connection("ann", "c2", 1).await.expect("slot"));
-    e.release_connection("ann", "c1");
+    e.release_connection("ann", "c1", Reason::Closed);
     eventually("c1's slot is free again", || async {
         // A refused attempt takes nothing, so polling is harmless.
         e.acquire_connection("ann", "c2", 1).await.expect("slot")

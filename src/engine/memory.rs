@@ -15,11 +15,16 @@ use super::{Engine, EngineError, HistoryPage, NodeInfo, PublishRequest, Publishe
 use crate::clock::{random_token, unix_micros};
 use crate::config::MAX_DURATION;
 use crate::hub::Deliver;
+use crate::lifecycle::tracker::{Tracker, Transition};
+use crate::lifecycle::{Emitter, Reason, Subject};
 use crate::protocol::server::message;
 use crate::protocol::{ClientInfo, Message, Position};
 
 /// How often expired channels and dedup entries are dropped.
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// How often lifecycle graces are checked: an `offline` comes at most this late.
+const LIFECYCLE_SWEEP_EVERY: Duration = Duration::from_millis(100);
 
 pub struct MemoryEngine {
     state: Mutex<State>,
@@ -28,10 +33,14 @@ pub struct MemoryEngine {
     history_size: usize,
     history_ttl: Duration,
     dedup_window: Duration,
+    /// Lifecycle events, when on: the rules' state lives in `State::lifecycle`.
+    emitter: Option<Emitter>,
 }
 
 #[derive(Default)]
 struct State {
+    /// `Some` when lifecycle events are on.
+    lifecycle: Option<Tracker>,
     channels: HashMap<String, ChannelState>,
     /// channel → event_id → where it was published.
     dedup: HashMap<String, HashMap<String, DedupEntry>>,
@@ -71,11 +80,45 @@ impl MemoryEngine {
             // Deadlines are `now + duration`: capped so that no setting can overflow them.
             history_ttl: history_ttl.min(MAX_DURATION),
             dedup_window: dedup_window.min(MAX_DURATION),
+            emitter: None,
         }
     }
 
-    /// Starts the background sweep; it ends when the engine is dropped.
+    /// With lifecycle events: users, channels and members are tracked from now on, and their
+    /// transitions emitted through `emitter`.
+    pub fn with_lifecycle(mut self, grace: Duration, emitter: Emitter) -> Self {
+        self.state
+            .get_mut()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .lifecycle = Some(Tracker::new(grace));
+        self.emitter = Some(emitter);
+        self
+    }
+
+    /// Applies `rule` to the tracker (when lifecycle events are on) and emits what it decided,
+    /// under the state lock: events leave in the order the rules decided them.
+    fn lifecycle(&self, st: &mut State, rule: impl FnOnce(&mut Tracker) -> Vec<Transition>) {
+        if let (Some(tracker), Some(emitter)) = (st.lifecycle.as_mut(), &self.emitter) {
+            emitter.emit(rule(tracker));
+        }
+    }
+
+    /// Starts the background sweeps; they end when the engine is dropped.
     pub fn start_sweeper(self: &Arc<Self>) {
+        if self.emitter.is_some() {
+            let weak: Weak<Self> = Arc::downgrade(self);
+            actix::spawn(async move {
+                let mut tick = tokio::time::interval(LIFECYCLE_SWEEP_EVERY);
+                loop {
+                    tick.tick().await;
+                    let Some(engine) = weak.upgrade() else {
+                        break;
+                    };
+                    let mut st = engine.lock();
+                    engine.lifecycle(&mut st, |t| t.sweep(Instant::now()));
+                }
+            });
+        }
         let weak: Weak<Self> = Arc::downgrade(self);
         actix::spawn(async move {
             let mut tick = tokio::time::interval(SWEEP_EVERY);
@@ -286,13 +329,27 @@ impl Engine for MemoryEngine {
             .entry(channel.to_owned())
             .or_default()
             .insert(client.client.clone(), client.clone());
+        self.lifecycle(&mut st, |t| {
+            let mut out: Vec<Transition> = t
+                .add(Subject::Channel(channel.to_owned()), &client.client, None)
+                .into_iter()
+                .collect();
+            if announce {
+                let member = Subject::Member {
+                    channel: channel.to_owned(),
+                    user: client.user.clone(),
+                };
+                out.extend(t.add(member, &client.client, client.info.clone()));
+            }
+            out
+        });
         if announce {
             self.hub.do_send(Deliver::presence(channel, &client, true));
         }
         Box::pin(std::future::ready(Ok(())))
     }
 
-    fn leave(&self, channel: &str, client: &str, announce: bool) {
+    fn leave(&self, channel: &str, client: &str, announce: bool, reason: Reason) {
         let mut st = self.lock();
         let Some(clients) = st.presence.get_mut(channel) else {
             return;
@@ -300,6 +357,21 @@ impl Engine for MemoryEngine {
         let removed = clients.remove(client);
         if clients.is_empty() {
             st.presence.remove(channel);
+        }
+        if let Some(info) = &removed {
+            let now = Instant::now();
+            self.lifecycle(&mut st, |t| {
+                let mut out: Vec<Transition> = t
+                    .remove(&Subject::Channel(channel.to_owned()), client, reason, now)
+                    .into_iter()
+                    .collect();
+                let member = Subject::Member {
+                    channel: channel.to_owned(),
+                    user: info.user.clone(),
+                };
+                out.extend(t.remove(&member, client, reason, now));
+                out
+            });
         }
         if let (Some(client), true) = (removed, announce) {
             self.hub.do_send(Deliver::presence(channel, &client, false));
@@ -330,10 +402,15 @@ impl Engine for MemoryEngine {
             return Ok(false);
         }
         conns.insert(client.to_owned());
+        self.lifecycle(&mut st, |t| {
+            t.add(Subject::User(user.to_owned()), client, None)
+                .into_iter()
+                .collect()
+        });
         Ok(true)
     }
 
-    fn release_connection(&self, user: &str, client: &str) {
+    fn release_connection(&self, user: &str, client: &str, reason: Reason) {
         let mut st = self.lock();
         if let Some(conns) = st.connections.get_mut(user) {
             conns.remove(client);
@@ -341,6 +418,12 @@ impl Engine for MemoryEngine {
                 st.connections.remove(user);
             }
         }
+        let now = Instant::now();
+        self.lifecycle(&mut st, |t| {
+            t.remove(&Subject::User(user.to_owned()), client, reason, now)
+                .into_iter()
+                .collect()
+        });
     }
 
     fn health(&self) -> Result<(), String> {

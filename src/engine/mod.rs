@@ -18,6 +18,7 @@ use serde_json::value::RawValue;
 
 pub use crate::error::EngineError;
 use crate::error::HubError;
+pub use crate::lifecycle::Reason;
 use crate::protocol::client::event_field;
 use crate::protocol::server::Sender;
 use crate::protocol::{json_depth, valid_channel, MAX_DATA_DEPTH};
@@ -177,8 +178,9 @@ pub trait Engine: Send + Sync + 'static {
         announce: bool,
     ) -> BoxFuture<'static, Result<(), EngineError>>;
 
-    /// Removes a connection from a channel's presence (see [`Engine::join`]).
-    fn leave(&self, channel: &str, client: &str, announce: bool);
+    /// Removes a connection from a channel's presence (see [`Engine::join`]); `reason` is
+    /// why, for the lifecycle events it may cause.
+    fn leave(&self, channel: &str, client: &str, announce: bool, reason: Reason);
 
     async fn presence(&self, channel: &str) -> Result<Vec<ClientInfo>, EngineError>;
 
@@ -191,7 +193,7 @@ pub trait Engine: Send + Sync + 'static {
     ) -> Result<bool, EngineError>;
 
     /// Gives a slot back; fire and forget, like [`Engine::leave`].
-    fn release_connection(&self, user: &str, client: &str);
+    fn release_connection(&self, user: &str, client: &str, reason: Reason);
 
     /// `Err(reason)` while the engine cannot serve (drives `/ready`).
     fn health(&self) -> Result<(), String>;
@@ -285,8 +287,8 @@ impl<E: Engine> Engine for Deadline<E> {
     ) -> BoxFuture<'static, Result<(), EngineError>> {
         Box::pin(bounded(self.0.join(channel, client, announce)))
     }
-    fn leave(&self, channel: &str, client: &str, announce: bool) {
-        self.0.leave(channel, client, announce)
+    fn leave(&self, channel: &str, client: &str, announce: bool, reason: Reason) {
+        self.0.leave(channel, client, announce, reason)
     }
     async fn presence(&self, channel: &str) -> Result<Vec<ClientInfo>, EngineError> {
         bounded(self.0.presence(channel)).await
@@ -299,8 +301,8 @@ impl<E: Engine> Engine for Deadline<E> {
     ) -> Result<bool, EngineError> {
         bounded(self.0.acquire_connection(user, client, limit)).await
     }
-    fn release_connection(&self, user: &str, client: &str) {
-        self.0.release_connection(user, client)
+    fn release_connection(&self, user: &str, client: &str, reason: Reason) {
+        self.0.release_connection(user, client, reason)
     }
     fn health(&self) -> Result<(), String> {
         self.0.health()

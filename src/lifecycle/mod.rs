@@ -8,6 +8,8 @@
 pub mod tracker;
 
 use serde::Serialize;
+use std::sync::Arc;
+
 use serde_json::value::RawValue;
 
 /// An event type of the contract.
@@ -120,7 +122,7 @@ pub struct Event {
     pub channel: Option<String>,
     /// `member.added` only: the connection's `info` claim (or `null`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub info: Option<Box<RawValue>>,
+    pub info: Option<Arc<RawValue>>,
     #[serde(
         skip_serializing_if = "Option::is_none",
         serialize_with = "reason_name"
@@ -145,7 +147,7 @@ impl Event {
         subject: &Subject,
         up: bool,
         reason: Option<Reason>,
-        info: Option<Box<RawValue>>,
+        info: Option<Arc<RawValue>>,
         ts: u64,
     ) -> Event {
         let (on, off) = subject.kinds();
@@ -179,8 +181,75 @@ impl Event {
     }
 }
 
-fn null_info() -> Box<RawValue> {
-    RawValue::from_string("null".into()).unwrap_or_else(|_| unreachable!("`null` is JSON"))
+fn null_info() -> Arc<RawValue> {
+    RawValue::from_string("null".into())
+        .map(Arc::from)
+        .unwrap_or_else(|_| unreachable!("`null` is JSON"))
+}
+
+/// Where emitted events go besides the metrics: the memory engine's webhook queues. (The Redis
+/// engine's scripts append to the stream and the webhook queues themselves.)
+pub trait Sink: Send + Sync + 'static {
+    /// `events`: each one event's JSON text, in emission order.
+    fn push(&self, events: &[String]);
+}
+
+/// Turns the transitions the rules decided into events: filtered by `HUB_LIFECYCLE_EVENTS`,
+/// counted, and handed to the sink.
+pub struct Emitter {
+    kinds: Vec<Kind>,
+    metrics: Arc<crate::metrics::Metrics>,
+    sink: Option<Arc<dyn Sink>>,
+}
+
+impl Emitter {
+    pub fn new(
+        kinds: Vec<Kind>,
+        metrics: Arc<crate::metrics::Metrics>,
+        sink: Option<Arc<dyn Sink>>,
+    ) -> Self {
+        Emitter {
+            kinds,
+            metrics,
+            sink,
+        }
+    }
+
+    /// Emits what of `transitions` the settings ask for, in order.
+    pub fn emit(&self, transitions: Vec<tracker::Transition>) {
+        if transitions.is_empty() {
+            return;
+        }
+        let ts = crate::clock::unix_millis();
+        let mut texts = Vec::with_capacity(transitions.len());
+        for t in transitions {
+            let event = Event::new(&t.subject, t.up, t.reason, t.info, ts);
+            if !self.kinds.contains(&event.kind) {
+                continue;
+            }
+            self.metrics.lifecycle_event(event.kind);
+            let text = event.to_json();
+            tracing::debug!(event = text.as_str(), "lifecycle event");
+            texts.push(text);
+        }
+        if let (Some(sink), false) = (&self.sink, texts.is_empty()) {
+            sink.push(&texts);
+        }
+    }
+
+    /// The types emitted, as the Redis scripts match them: `,user.online,channel.vacated,`.
+    pub fn kinds_list(&self) -> String {
+        let mut list = String::from(",");
+        for k in &self.kinds {
+            list.push_str(k.name());
+            list.push(',');
+        }
+        list
+    }
+
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
+    }
 }
 
 #[cfg(test)]
@@ -207,7 +276,7 @@ mod tests {
 
     #[test]
     fn a_member_added_event_carries_channel_user_and_info() {
-        let info = RawValue::from_string(r#"{"name":"A"}"#.into()).unwrap();
+        let info = Arc::from(RawValue::from_string(r#"{"name":"A"}"#.into()).unwrap());
         let subject = Subject::Member {
             channel: "chat:x".into(),
             user: "alice".into(),

@@ -12,6 +12,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use serde_json::value::RawValue;
 
 use super::{Reason, Subject};
@@ -23,7 +25,7 @@ pub struct Transition {
     pub up: bool,
     pub reason: Option<Reason>,
     /// The arriving holder's `info`, for `member.added`.
-    pub info: Option<Box<RawValue>>,
+    pub info: Option<Arc<RawValue>>,
 }
 
 #[derive(Debug, Default)]
@@ -59,7 +61,7 @@ impl Tracker {
         &mut self,
         subject: Subject,
         client: &str,
-        info: Option<Box<RawValue>>,
+        info: Option<Arc<RawValue>>,
     ) -> Option<Transition> {
         match self.up.get_mut(&subject) {
             Some(state) => {

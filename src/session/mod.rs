@@ -31,7 +31,7 @@ use subscription::{Action, HistoryRead, PushOutcome, Subscriptions};
 
 use crate::auth::{AuthError, Identity, LEEWAY_S};
 use crate::clock::unix_seconds;
-use crate::engine::{PublishRequest, ENGINE_DEADLINE};
+use crate::engine::{PublishRequest, Reason, ENGINE_DEADLINE};
 use crate::error::HubError;
 use crate::hub;
 use crate::metrics::{Disconnect, Source};
@@ -282,6 +282,7 @@ impl WsSession {
                     &channel,
                     &self.client,
                     self.app.settings.announces(&channel),
+                    Reason::Closed,
                 ),
                 Action::ReadHistory { read, delay: None } => self.read_history(read, ctx),
                 Action::ReadHistory {
@@ -654,14 +655,23 @@ impl Drop for WsSession {
     /// Cleanup lives here rather than in `stopped`: when the connection dies, the HTTP
     /// dispatcher drops the context, and only `Drop` is sure to run for every session.
     fn drop(&mut self) {
+        // For lifecycle events: the server API's disconnect, or the client (or its network).
+        let reason = if self.close_code == Some(Disconnect::Server(Close::Disconnected)) {
+            Reason::Disconnected
+        } else {
+            Reason::Closed
+        };
         for channel in self.subs.channels() {
-            self.app
-                .engine
-                .leave(channel, &self.client, self.app.settings.announces(channel));
+            self.app.engine.leave(
+                channel,
+                &self.client,
+                self.app.settings.announces(channel),
+                reason,
+            );
         }
         self.app
             .engine
-            .release_connection(&self.identity.user, &self.client);
+            .release_connection(&self.identity.user, &self.client, reason);
         self.app.hub.do_send(hub::Disconnect {
             client: Arc::clone(&self.client),
         });

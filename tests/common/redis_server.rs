@@ -210,3 +210,47 @@ pub fn repair(conn: &mut redis::Connection, channel: &str, event_id: &str) {
         .query(conn)
         .expect("DEL");
 }
+
+/// Every lifecycle event in `stream` so far, oldest first, each as
+/// `"<type> <user or channel or channel/user>[ <reason>]"` (see [`lifecycle_line`]).
+pub fn lifecycle_stream(conn: &mut redis::Connection, stream: &str) -> Vec<String> {
+    lifecycle_stream_events(conn, stream)
+        .iter()
+        .map(lifecycle_line)
+        .collect()
+}
+
+/// Every lifecycle event in `stream` so far, oldest first, as JSON.
+pub fn lifecycle_stream_events(
+    conn: &mut redis::Connection,
+    stream: &str,
+) -> Vec<serde_json::Value> {
+    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(stream)
+        .arg("-")
+        .arg("+")
+        .query(conn)
+        .expect("XRANGE of the lifecycle stream");
+    entries
+        .into_iter()
+        .flat_map(|(_, fields)| fields.into_iter())
+        .filter(|(k, _)| k == "event")
+        .map(|(_, v)| serde_json::from_str(&v).expect("lifecycle events are JSON"))
+        .collect()
+}
+
+/// A lifecycle event in short: `user.online alice`, `member.removed chat:x/alice closed`.
+pub fn lifecycle_line(event: &serde_json::Value) -> String {
+    let s = |k: &str| event[k].as_str().unwrap_or_default().to_owned();
+    let who = match (s("channel").as_str(), s("user").as_str()) {
+        ("", user) => user.to_owned(),
+        (channel, "") => channel.to_owned(),
+        (channel, user) => format!("{channel}/{user}"),
+    };
+    let mut line = format!("{} {who}", s("type"));
+    if let Some(reason) = event["reason"].as_str() {
+        line.push(' ');
+        line.push_str(reason);
+    }
+    line
+}

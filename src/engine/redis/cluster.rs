@@ -155,6 +155,12 @@ async fn beat(
     }
     pipe.cmd("GETDEL").arg(keys.node_removed(node));
     let (removed,): (Option<String>,) = pipe.query_async(&mut conn).await?;
+    if engine.tracks_lifecycle() {
+        // In order with this node's other writes, so what it checks is what it has written.
+        engine.enqueue(super::presence::Op::Lifecycle(
+            super::lifecycle::LifecycleOp::Check,
+        ));
+    }
     if let Some(by) = removed {
         announce_again(engine, &by, &mut conn).await?;
     }
@@ -243,6 +249,7 @@ async fn remove_dead_nodes(engine: &RedisEngine) -> redis::RedisResult<()> {
                 .invoke_async::<i64>(&mut conn)
                 .await?;
         }
+        engine.lifecycle_node_lost(&node, &mut conn).await?;
         let tombstone_ms = engine.settings.lease().as_millis() as u64 * 10;
         let _: () = redis::pipe()
             .del(keys.node_presence(&node))

@@ -14,6 +14,11 @@ impl Keys {
         }
     }
 
+    /// The prefix every key and topic starts with (`HUB_REDIS_PREFIX`).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// Hash `{epoch, offset}` of a channel's current history life.
     pub fn meta(&self, channel: &str) -> String {
         format!("{}:{{{channel}}}:meta", self.prefix)

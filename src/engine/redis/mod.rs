@@ -29,6 +29,7 @@ mod cluster;
 mod commands;
 mod health;
 mod keys;
+mod lifecycle;
 mod presence;
 mod replies;
 mod scripts;
@@ -47,6 +48,7 @@ pub use cluster::{node_lease_live, start_heartbeat};
 pub use commands::Commands;
 pub use health::Health;
 pub use keys::Keys;
+pub use lifecycle::LifecycleSettings;
 
 use clock::ServerClock;
 use health::{classify, Failure};
@@ -55,7 +57,8 @@ use replies::{failed_step, frames, int, position, published, StoredClient};
 use scripts::Scripts;
 
 use super::{
-    Engine, EngineError, HistoryPage, NodeInfo, PublishRequest, Published, StreamAck, Subscribed,
+    Engine, EngineError, HistoryPage, NodeInfo, PublishRequest, Published, Reason, StreamAck,
+    Subscribed,
 };
 use crate::clock::{random_token, unix_millis};
 use crate::config::Config;
@@ -102,6 +105,8 @@ pub struct RedisEngine {
     local: Mutex<Local>,
     clock: ServerClock,
     pub health: Arc<Health>,
+    /// `Some` with lifecycle events on.
+    lifecycle: Option<lifecycle::Lifecycle>,
 }
 
 impl RedisEngine {
@@ -110,6 +115,16 @@ impl RedisEngine {
         client: &redis::Client,
         keys: Keys,
         settings: RedisSettings,
+    ) -> Result<Arc<Self>, String> {
+        Self::with_lifecycle(client, keys, settings, None)
+    }
+
+    /// As [`RedisEngine::new`], tracking lifecycle events with `lifecycle`.
+    pub fn with_lifecycle(
+        client: &redis::Client,
+        keys: Keys,
+        settings: RedisSettings,
+        lifecycle: Option<LifecycleSettings>,
     ) -> Result<Arc<Self>, String> {
         let conn = Commands::lazy(client, Duration::from_secs(1), Duration::from_secs(2))
             .map_err(|e| format!("HUB_REDIS_URL: {e}"))?;
@@ -124,8 +139,10 @@ impl RedisEngine {
             local: Mutex::new(Local::default()),
             clock: ServerClock::default(),
             health: Arc::new(Health::default()),
+            lifecycle: lifecycle.map(lifecycle::Lifecycle::new),
         });
         actix::spawn(apply_ops(Arc::downgrade(&engine), rx));
+        lifecycle::start_sweeper(&engine);
         actix::spawn(health::probe(Arc::downgrade(&engine)));
         Ok(engine)
     }
@@ -369,8 +386,8 @@ impl Engine for RedisEngine {
         self.join_presence(channel, client, announce)
     }
 
-    fn leave(&self, channel: &str, client: &str, announce: bool) {
-        self.leave_presence(channel, client, announce);
+    fn leave(&self, channel: &str, client: &str, announce: bool, reason: Reason) {
+        self.leave_presence(channel, client, announce, reason);
     }
 
     async fn presence(&self, channel: &str) -> Result<Vec<ClientInfo>, EngineError> {
@@ -412,12 +429,17 @@ impl Engine for RedisEngine {
             .await?;
         if taken == 1 {
             self.lock().slots.insert(client.to_owned(), user.to_owned());
+            self.hold(
+                crate::lifecycle::Subject::User(user.to_owned()),
+                client,
+                None,
+            );
         }
         Ok(taken == 1)
     }
 
-    fn release_connection(&self, user: &str, client: &str) {
-        self.release_slot(user, client);
+    fn release_connection(&self, user: &str, client: &str, reason: Reason) {
+        self.release_slot(user, client, reason);
     }
 
     fn health(&self) -> Result<(), String> {

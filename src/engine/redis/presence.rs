@@ -13,8 +13,10 @@ use futures_util::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
 
 use super::health::{classify, Failure};
+use super::lifecycle::{Holding, LifecycleOp};
 use super::RedisEngine;
 use crate::engine::EngineError;
+use crate::lifecycle::{Reason, Subject};
 use crate::protocol::{ClientInfo, ServerFrame};
 
 /// A presence entry of this node, re-asserted at every heartbeat.
@@ -30,6 +32,9 @@ pub(super) struct Local {
     pub(super) presence: HashMap<String, HashMap<String, LocalPresence>>,
     /// client → user, for every connection slot held.
     pub(super) slots: HashMap<String, String>,
+    /// `<subject>\t<client>` → what of it the heartbeat may need to write back (lifecycle
+    /// events only).
+    pub(super) holdings: HashMap<String, Holding>,
 }
 
 /// Most fire-and-forget writes waiting at once. Past it a `join` fails at once (`unavailable`)
@@ -68,6 +73,7 @@ pub(super) enum Op {
         client: String,
     },
     Control(String),
+    Lifecycle(LifecycleOp),
 }
 
 impl RedisEngine {
@@ -95,6 +101,7 @@ impl RedisEngine {
             .to_string()
         });
         let id = client.client.clone();
+        let (user, info) = (client.user.clone(), client.info.clone());
         self.lock()
             .presence
             .entry(channel.to_owned())
@@ -109,12 +116,20 @@ impl RedisEngine {
         let (ack, done) = oneshot::channel();
         let queued = self.enqueue(Op::Join {
             channel: channel.to_owned(),
-            client: id,
+            client: id.clone(),
             entry,
             announce,
             frame,
             ack: Some(ack),
         });
+        self.hold(Subject::Channel(channel.to_owned()), &id, None);
+        if announce {
+            let member = Subject::Member {
+                channel: channel.to_owned(),
+                user: user.clone(),
+            };
+            self.hold(member, &id, info.as_ref().map(|i| i.get()));
+        }
         Box::pin(async move {
             if !queued {
                 // The heartbeat writes the entry (it is in `local`), without the `join` push.
@@ -129,7 +144,13 @@ impl RedisEngine {
 
     /// Lets go of `client`'s presence entry in `channel`, if this node holds it, and queues
     /// its removal.
-    pub(super) fn leave_presence(&self, channel: &str, client: &str, announce: bool) {
+    pub(super) fn leave_presence(
+        &self,
+        channel: &str,
+        client: &str,
+        announce: bool,
+        reason: Reason,
+    ) {
         let removed = {
             let mut local = self.lock();
             let removed = local
@@ -144,6 +165,15 @@ impl RedisEngine {
         let Some(entry) = removed else {
             return;
         };
+        self.unhold(Subject::Channel(channel.to_owned()), client, reason);
+        self.unhold(
+            Subject::Member {
+                channel: channel.to_owned(),
+                user: entry.info.user.clone(),
+            },
+            client,
+            reason,
+        );
         let frame = announce.then(|| {
             ServerFrame::Leave {
                 channel,
@@ -161,7 +191,8 @@ impl RedisEngine {
     }
 
     /// Lets go of `client`'s connection slot, if this node holds it, and queues its removal.
-    pub(super) fn release_slot(&self, user: &str, client: &str) {
+    pub(super) fn release_slot(&self, user: &str, client: &str, reason: Reason) {
+        self.unhold(Subject::User(user.to_owned()), client, reason);
         if self.lock().slots.remove(client).is_some() {
             self.enqueue(Op::Release {
                 user: user.to_owned(),
@@ -265,6 +296,7 @@ impl RedisEngine {
                     .query_async::<()>(&mut conn)
                     .await
             }
+            Op::Lifecycle(op) => self.apply_lifecycle(op).await,
         }
     }
 }
@@ -351,6 +383,7 @@ impl Op {
             Op::Leave { .. } => "leave",
             Op::Release { .. } => "release",
             Op::Control(_) => "control",
+            Op::Lifecycle(_) => "lifecycle",
         }
     }
 }
