@@ -803,4 +803,71 @@ mod tests {
         assert_eq!(set.jwt.audience.as_deref(), Some("hub"));
         assert_eq!(set.jwt.issuer.as_deref(), Some("auth"));
     }
+
+    /// Webhook URLs need a secret and lifecycle events; each must be an absolute http(s) URL;
+    /// the grace is at most an hour; event types must be known.
+    #[test]
+    fn bad_lifecycle_and_webhook_settings_are_refused_with_the_variable_named() {
+        let refused = |args: &[&str], names: &str| {
+            let e = config(args).expect_err(names);
+            assert!(e.0.contains(names), "{args:?}: {e}");
+        };
+        let on = ["--lifecycle-events", "*"];
+        refused(
+            &[&on[..], &["--webhook-urls", "http://127.0.0.1:9/h"]].concat(),
+            "HUB_WEBHOOK_SECRET",
+        );
+        refused(
+            &[
+                "--webhook-urls",
+                "http://127.0.0.1:9/h",
+                "--webhook-secret",
+                "s",
+            ],
+            "HUB_LIFECYCLE_EVENTS",
+        );
+        for bad in ["127.0.0.1:9/h", "ftp://host/h", "http://", "not a url"] {
+            refused(
+                &[&on[..], &["--webhook-urls", bad, "--webhook-secret", "s"]].concat(),
+                "HUB_WEBHOOK_URLS",
+            );
+        }
+        refused(
+            &[&on[..], &["--lifecycle-grace-s", "3601"]].concat(),
+            "HUB_LIFECYCLE_GRACE_S",
+        );
+        refused(&["--lifecycle-events", "user.away"], "HUB_LIFECYCLE_EVENTS");
+    }
+
+    #[test]
+    fn lifecycle_settings_have_their_defaults() {
+        let off = config(&[]).expect("config");
+        assert!(!off.lifecycle.enabled() && off.webhooks.is_none());
+        assert_eq!(off.lifecycle.grace, Duration::from_secs(3));
+        assert_eq!(off.lifecycle.stream.as_deref(), Some("hub:lifecycle"));
+        let on = config(&[
+            "--lifecycle-events",
+            "user.online,user.offline",
+            "--lifecycle-stream",
+            "",
+            "--webhook-urls",
+            "https://example.com/hook,http://10.0.0.1:8080/x",
+            "--webhook-secret",
+            "s",
+        ])
+        .expect("config");
+        assert_eq!(on.lifecycle.events.len(), 2);
+        assert_eq!(
+            on.lifecycle.stream, None,
+            "an empty stream name turns the stream off"
+        );
+        let hooks = on.webhooks.expect("webhooks");
+        assert_eq!(hooks.urls.len(), 2);
+        assert_eq!((hooks.max_attempts, hooks.queue_events), (8, 10_000));
+        assert_eq!(hooks.timeout, Duration::from_secs(5));
+        assert!(
+            !format!("{hooks:?}").contains("\"s\""),
+            "the secret is not printed"
+        );
+    }
 }

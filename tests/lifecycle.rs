@@ -629,6 +629,37 @@ async fn unparsable_setting_fails_with_message() {
     );
 }
 
+/// Lifecycle and webhook settings a hub cannot run with are refused at start, each with a
+/// message naming the variable: URLs without a secret, a URL that is not http(s), a grace
+/// out of range.
+#[actix_rt::test]
+async fn bad_webhook_and_lifecycle_settings_fail_with_message() {
+    let on = ("HUB_LIFECYCLE_EVENTS", "*");
+    let url = ("HUB_WEBHOOK_URLS", "http://127.0.0.1:9/hook");
+    let cases: [(&[(&str, &str)], &str); 3] = [
+        (&[on, url], "HUB_WEBHOOK_SECRET"),
+        (
+            &[
+                on,
+                ("HUB_WEBHOOK_URLS", "ftp://x/y"),
+                ("HUB_WEBHOOK_SECRET", "s"),
+            ],
+            "HUB_WEBHOOK_URLS",
+        ),
+        (
+            &[on, ("HUB_LIFECYCLE_GRACE_S", "86400")],
+            "HUB_LIFECYCLE_GRACE_S",
+        ),
+    ];
+    for (envs, names) in cases {
+        let mut all = vec![("HUB_JWT_SECRET", SECRET)];
+        all.extend_from_slice(envs);
+        let stderr = fails_to_start(&all);
+        assert!(stderr.contains(names), "{envs:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
 /// `HUB_PING_INTERVAL_S=0` is refused with a message naming the variable.
 #[actix_rt::test]
 async fn zero_ping_interval_fails_with_message() {
