@@ -303,7 +303,7 @@ async fn a_killed_node_s_users_go_offline_once_with_node_lost() {
         "user.offline carol node_lost",
     ]);
     let mut conn = redis_conn(&redis.url());
-    let mut sorted_tail = |seen: Vec<String>| {
+    let sorted_tail = |seen: Vec<String>| {
         let mut tail = seen[up.len().min(seen.len())..].to_vec();
         tail.sort();
         tail
