@@ -132,6 +132,11 @@ pub struct ConnectArgs {
     /// Seconds to keep the connections open after the last welcome.
     #[arg(long, default_value_t = 1.0)]
     pub hold_s: f64,
+    /// Also wait for the hub's lifecycle events: one `user.online` per connection after the
+    /// connects, one `user.offline` per connection after the closes (run the hub with
+    /// `HUB_LIFECYCLE_EVENTS=*` and `HUB_LIFECYCLE_GRACE_S=0`).
+    #[arg(long)]
+    pub lifecycle: bool,
 }
 
 #[derive(Debug, Args)]

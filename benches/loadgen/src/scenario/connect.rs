@@ -1,5 +1,8 @@
 //! `connect`: N users connect at once (at most `--concurrency` in setup at a time); the
-//! measure is the time from the first TCP connect until the last `welcome`.
+//! measure is the time from the first TCP connect until the last `welcome`, and from the
+//! first close until the hub counts every connection gone. With `--lifecycle`, also until the
+//! hub has emitted every `user.online` (after the connects) and every `user.offline` (after
+//! the closes), read from its `/metrics`.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -7,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use serde_json::json;
 
-use super::{mem_json, setup_problems, Ctx};
+use super::{hub_metrics, mem_json, setup_problems, Ctx};
 use crate::cli::{ConnectArgs, ParseMode};
 use crate::fleet::{Fleet, Phase, Plan, Reading};
 use crate::procfs::{mib, Snapshot};
@@ -18,6 +21,7 @@ pub async fn run(ctx: &Ctx, args: &ConnectArgs) -> Result<()> {
     let tokens = ctx.tokens(args.n).await?;
     ctx.report.step("tokens", json!({"n": args.n}));
 
+    let base = counts(ctx).await;
     let before = Snapshot::take(ctx.hub_pid);
     let started = Instant::now();
     let (fleet, setup) = Fleet::launch(&ctx.fleet, tokens, |_| Plan {
@@ -33,11 +37,27 @@ pub async fn run(ctx: &Ctx, args: &ConnectArgs) -> Result<()> {
     let setup_json = setup.to_json();
     ctx.report.step("connected", setup_json.clone());
 
+    let n = setup.connected as f64;
+    let online_s = if args.lifecycle {
+        wait_counts(ctx, |c| c.events >= base.events + n)
+            .await
+            .then(|| crate::report::round3(started.elapsed().as_secs_f64()))
+    } else {
+        None
+    };
+
     // Hold the connections (they keep reading, so pings get answered).
     fleet.set_phase(Phase::Run);
     tokio::time::sleep(Duration::from_secs_f64(args.hold_s.max(0.0))).await;
     let held = Snapshot::take(ctx.hub_pid);
+    let closing = Instant::now();
     let reports = fleet.finish().await;
+    // Until the hub counts them all gone (and, with `--lifecycle`, emitted their `offline`).
+    let gone = wait_counts(ctx, |c| {
+        c.connections <= base.connections && (!args.lifecycle || c.events >= base.events + 2.0 * n)
+    })
+    .await;
+    let disconnect_s = gone.then(|| crate::report::round3(closing.elapsed().as_secs_f64()));
 
     // Connections the hub ended while we held them.
     let mut dropped: BTreeMap<String, u64> = BTreeMap::new();
@@ -56,6 +76,9 @@ pub async fn run(ctx: &Ctx, args: &ConnectArgs) -> Result<()> {
     ctx.report.result(json!({
         "n": args.n,
         "setup": setup_json,
+        "connect_s": crate::report::round3(wall),
+        "lifecycle_online_s": online_s,
+        "disconnect_s": disconnect_s,
         "dropped_while_held": dropped,
         "cpu_during_connect": after.cpu_since(&before, wall),
         "mem_before": mem_json(&before),
@@ -68,4 +91,34 @@ pub async fn run(ctx: &Ctx, args: &ConnectArgs) -> Result<()> {
         "problems": problems,
     }));
     ctx.verdict(&problems)
+}
+
+/// The hub's open connections and lifecycle events so far.
+struct Counts {
+    connections: f64,
+    events: f64,
+}
+
+async fn counts(ctx: &Ctx) -> Counts {
+    let m = hub_metrics(
+        ctx.http_base(),
+        &["hub_connections", "hub_lifecycle_events_total"],
+    )
+    .await;
+    Counts {
+        connections: m.get("hub_connections").copied().unwrap_or(f64::NAN),
+        events: m.get("hub_lifecycle_events_total").copied().unwrap_or(0.0),
+    }
+}
+
+/// Polls the hub's figures every 10 ms until `done` holds; `false` after 30 s.
+async fn wait_counts(ctx: &Ctx, done: impl Fn(&Counts) -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if done(&counts(ctx).await) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
 }
