@@ -52,6 +52,9 @@ pub async fn drain(app: &AppState, server: ServerHandle) {
     if let Some(streams) = streams {
         let _ = tokio::time::timeout_at(deadline.into(), streams).await;
     }
+    // The closed sessions' leaves and releases (and their lifecycle events) reach Redis
+    // before the process exits; what the time does not allow, the lease settles later.
+    let _ = tokio::time::timeout_at(deadline.into(), app.engine.flush()).await;
     // The server gets only the time left. A graceful stop waits for every connection, and one
     // whose peer never reads stays open (its session cannot even be polled to close it): that
     // wait would add up to another shutdown timeout. When the time is up, `run` drops the

@@ -439,3 +439,24 @@ async fn redis_losing_its_state_brings_no_second_online() {
     )
     .await;
 }
+
+/// A node drained with SIGTERM closes its clients with 1001: their users go offline after
+/// the grace with `closed`, emitted by the node itself or, after it exited, by another.
+#[actix_rt::test]
+async fn a_drained_node_s_users_go_offline_as_closed() {
+    let redis = RedisServer::start();
+    let _a = process_node(&redis, "a").await;
+    let mut b = process_node(&redis, "b").await;
+    let mut carol = Client::connect_url(&b.ws_url(), &token("carol")).await;
+    stream_becomes(&redis, &["user.online carol"], Duration::ZERO).await;
+    b.signal("TERM");
+    let (code, _) = carol.expect_close().await;
+    assert_eq!(code, 1001);
+    assert!(b.wait_exit(Duration::from_secs(10)).success());
+    stream_becomes(
+        &redis,
+        &["user.online carol", "user.offline carol closed"],
+        Duration::from_secs(1),
+    )
+    .await;
+}

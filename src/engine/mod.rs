@@ -208,6 +208,13 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Tells the other nodes to close `user`'s connections (this node closes its own).
     fn disconnect_user(&self, user: &str);
+
+    /// Resolves once every fire-and-forget write made before the call was applied (or given
+    /// up): the shutdown waits for it, so that the leaves and releases of the sessions it
+    /// closed reach Redis before the process exits.
+    fn flush(&self) -> BoxFuture<'static, ()> {
+        Box::pin(std::future::ready(()))
+    }
 }
 
 /// Wraps an engine so that no call outlives [`ENGINE_DEADLINE`]: a late answer becomes
@@ -315,5 +322,8 @@ impl<E: Engine> Engine for Deadline<E> {
     }
     fn disconnect_user(&self, user: &str) {
         self.0.disconnect_user(user)
+    }
+    fn flush(&self) -> BoxFuture<'static, ()> {
+        self.0.flush()
     }
 }

@@ -11,7 +11,7 @@
 //! the node that started its grace has gone.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::Script;
 
@@ -62,6 +62,10 @@ pub(super) struct Holding {
     info: String,
     /// Whether Redis has it (its `add` was applied).
     applied: bool,
+    /// When its `add` was queued: one that is not applied a lease later was given up.
+    since: Instant,
+    /// Let go of, its `remove` queued: Redis still has it until that is applied.
+    removing: bool,
 }
 
 /// A lifecycle write, applied in order with the node's presence and slot writes.
@@ -98,6 +102,8 @@ impl RedisEngine {
             Holding {
                 info: info.clone(),
                 applied: false,
+                since: Instant::now(),
+                removing: false,
             },
         );
         self.enqueue(Op::Lifecycle(LifecycleOp::Add {
@@ -113,12 +119,14 @@ impl RedisEngine {
             return;
         }
         let subject = subject.key();
-        if self
-            .lock()
-            .holdings
-            .remove(&entry(&subject, client))
-            .is_some()
-        {
+        let let_go = match self.lock().holdings.get_mut(&entry(&subject, client)) {
+            Some(h) if !h.removing => {
+                h.removing = true;
+                true
+            }
+            _ => false,
+        };
+        if let_go {
             self.enqueue(Op::Lifecycle(LifecycleOp::Remove {
                 subject,
                 client: client.to_owned(),
@@ -200,9 +208,20 @@ impl RedisEngine {
                     .invoke_async(&mut conn)
                     .await?;
                 self.count_emitted(lc, &types);
+                self.forget(subject, client);
                 Ok(())
             }
             LifecycleOp::Check => self.check_holdings(lc, &mut conn).await,
+        }
+    }
+
+    /// Drops a holding whose `remove` was applied (or given up: Redis may still have it, and
+    /// the next check removes it there), unless it was held again since.
+    pub(super) fn forget(&self, subject: &str, client: &str) {
+        let mut local = self.lock();
+        let e = entry(subject, client);
+        if local.holdings.get(&e).is_some_and(|h| h.removing) {
+            local.holdings.remove(&e);
         }
     }
 
@@ -227,10 +246,18 @@ impl RedisEngine {
             )
         };
         let lost = lost == 1;
+        // Holdings being let go of are still in Redis; those just held are not yet, and their
+        // queued `add` will write them: only one a lease old was given up.
         let (applied, pending) = {
             let local = self.lock();
+            let lease = self.settings.lease();
             let applied = local.holdings.values().filter(|h| h.applied).count();
-            (applied, local.holdings.len() - applied)
+            let pending = local
+                .holdings
+                .values()
+                .filter(|h| !h.applied && !h.removing && h.since.elapsed() >= lease)
+                .count();
+            (applied, pending)
         };
         if !lost && held == applied && pending == 0 {
             return Ok(());
@@ -238,24 +265,30 @@ impl RedisEngine {
         if held > applied {
             self.remove_strays(lc, conn).await?;
         }
-        if lost || held < applied || pending > 0 {
-            self.restore(lc, conn, lost).await?;
+        // Everything when Redis lost some of it (or another node took this one for dead);
+        // otherwise only what was never written (its `add` given up, or still queued).
+        let everything = lost || held < applied;
+        if everything || pending > 0 {
+            self.restore(lc, conn, lost, everything).await?;
         }
         Ok(())
     }
 
-    /// Writes every holding back: applied ones announced only when `lost` (another node
-    /// emitted their `node_lost`), pending ones always (they were never announced).
+    /// Writes holdings back (every one, or only those not yet written): applied ones are
+    /// announced only when `lost` (another node emitted their `node_lost`), pending ones
+    /// always (they were never announced).
     async fn restore(
         &self,
         lc: &Lifecycle,
         conn: &mut super::Commands,
         lost: bool,
+        everything: bool,
     ) -> redis::RedisResult<()> {
         let snapshot: Vec<(String, String, bool)> = self
             .lock()
             .holdings
             .iter()
+            .filter(|(_, h)| !h.removing && (everything || !h.applied))
             .map(|(e, h)| (e.clone(), h.info.clone(), h.applied))
             .collect();
         if lost {

@@ -442,6 +442,10 @@ impl Engine for RedisEngine {
         self.release_slot(user, client, reason);
     }
 
+    fn flush(&self) -> BoxFuture<'static, ()> {
+        self.flush_ops()
+    }
+
     fn health(&self) -> Result<(), String> {
         self.health.check()
     }

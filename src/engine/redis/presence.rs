@@ -74,6 +74,8 @@ pub(super) enum Op {
     },
     Control(String),
     Lifecycle(LifecycleOp),
+    /// Writes nothing: told once every write queued before it is done.
+    Flush(oneshot::Sender<()>),
 }
 
 impl RedisEngine {
@@ -201,6 +203,15 @@ impl RedisEngine {
         }
     }
 
+    /// Resolves once every write queued before it was applied or given up.
+    pub(super) fn flush_ops(&self) -> BoxFuture<'static, ()> {
+        let (done, flushed) = oneshot::channel();
+        self.enqueue(Op::Flush(done));
+        Box::pin(async move {
+            let _ = flushed.await;
+        })
+    }
+
     /// Queues a fire-and-forget write; `false` when the queue is full (the write is dropped).
     pub(super) fn enqueue(&self, op: Op) -> bool {
         let queued = Queued {
@@ -297,6 +308,7 @@ impl RedisEngine {
                     .await
             }
             Op::Lifecycle(op) => self.apply_lifecycle(op).await,
+            Op::Flush(_) => Ok(()),
         }
     }
 }
@@ -316,7 +328,7 @@ pub(super) fn presence_member(announce: bool, channel: &str, client: &str) -> St
 pub(super) async fn apply_ops(engine: Weak<RedisEngine>, mut rx: mpsc::Receiver<Queued>) {
     // Writes given up since the last one that succeeded: one warning per outage, not per write.
     let mut given_up = 0u64;
-    while let Some(Queued { mut op, made }) = rx.recv().await {
+    while let Some(Queued { op, made }) = rx.recv().await {
         let Some(e) = engine.upgrade() else {
             return;
         };
@@ -367,10 +379,17 @@ pub(super) async fn apply_ops(engine: Weak<RedisEngine>, mut rx: mpsc::Receiver<
             }
             _ => {}
         }
-        if let Op::Join { ack, .. } = &mut op {
-            if let Some(ack) = ack.take() {
+        match op {
+            Op::Lifecycle(LifecycleOp::Remove {
+                subject, client, ..
+            }) if outcome.is_err() => e.forget(&subject, &client),
+            Op::Join { ack: Some(ack), .. } => {
                 let _ = ack.send(outcome);
             }
+            Op::Flush(done) => {
+                let _ = done.send(());
+            }
+            _ => {}
         }
     }
 }
@@ -384,6 +403,7 @@ impl Op {
             Op::Release { .. } => "release",
             Op::Control(_) => "control",
             Op::Lifecycle(_) => "lifecycle",
+            Op::Flush(_) => "flush",
         }
     }
 }
