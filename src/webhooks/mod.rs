@@ -120,8 +120,8 @@ impl Webhooks {
     pub fn memory(config: WebhookConfig, metrics: Arc<Metrics>) -> Arc<Webhooks> {
         let context = match Context::new(&config, metrics) {
             Ok(context) => Arc::new(context),
-            // The HTTP client is built without TLS files or other inputs that could be wrong;
-            // a failure is a broken build, not a setting to fix.
+            // The HTTP client depends on no setting, and a system without CA certificates gets
+            // one all the same (see `send::http_client`): a failure is a broken build.
             Err(e) => panic!("{e}"),
         };
         Webhooks::with_store(Store::Memory(Arc::new(MemoryStore::new(
