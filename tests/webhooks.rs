@@ -572,17 +572,13 @@ async fn a_dead_letter_shows_the_url_without_its_password() {
 
 // ---- (4) Redis: a batch survives its node ----
 
-/// A node killed with its batch in flight (recorded, one attempt made and failed) leaves it
-/// in Redis; another node takes the lock once its lease ran out and sends the same batch with
-/// the same `X-Hub-Delivery`, then removes it from the queue.
-#[tokio::test]
-async fn redis_a_killed_nodes_batch_is_sent_by_another_node_with_its_delivery_id() {
-    let server = RedisServer::start();
-    let mut receiver = Receiver::start();
+/// Node A takes the batch of `ev-1`, `ev-2` queued for `receiver`, records it, gets 500s, and
+/// is killed mid-batch. Returns A's first request and the attempts A recorded.
+async fn node_killed_mid_batch(server: &RedisServer, receiver: &mut Receiver) -> (Request, u32) {
     // Node A only ever gets 500s: scripted generously, cut back once A is gone.
     receiver.script(&[Reply::Status(500); 20]);
     let url = receiver.url();
-    rpush(&server, &url, &[event(1), event(2)]);
+    rpush(server, &url, &[event(1), event(2)]);
 
     let (kill, killed) = tokio::sync::oneshot::channel::<()>();
     let node_a = {
@@ -639,6 +635,21 @@ async fn redis_a_killed_nodes_batch_is_sent_by_another_node_with_its_delivery_id
         lock.is_some_and(|owner| owner.starts_with("node-a:")),
         "node A still holds the lock"
     );
+
+    (first, attempts_by_a)
+}
+
+/// A node killed with its batch in flight (recorded, one attempt made and failed) leaves it
+/// in Redis; another node takes the lock once its lease ran out and sends the same batch with
+/// the same `X-Hub-Delivery`, then removes it from the queue.
+#[tokio::test]
+async fn redis_a_killed_nodes_batch_is_sent_by_another_node_with_its_delivery_id() {
+    let server = RedisServer::start();
+    let mut receiver = Receiver::start();
+    let (first, _) = node_killed_mid_batch(&server, &mut receiver).await;
+    let url = receiver.url();
+    let keys = Keys::new(PREFIX);
+    let mut conn = redis_conn(&server.url());
 
     let metrics = Metrics::new();
     let node_b = redis_node(&server, config(&url, 8, 100), "node-b", metrics.clone());
@@ -699,4 +710,40 @@ async fn memory_overflow_drops_the_oldest_and_counts_them() {
     idle.push(&[event(6), event(7)]);
     idle.hooks.stop().await;
     assert_eq!(idle.metrics.webhook_lost.get(), 2);
+}
+
+/// The node that takes a batch over continues its attempt count: allowed one attempt more than
+/// node A made, node B sends the batch once, and that failure sets its events aside.
+#[tokio::test]
+async fn redis_a_taken_over_batch_keeps_its_attempt_count() {
+    let server = RedisServer::start();
+    let mut receiver = Receiver::start();
+    let (first, attempts_by_a) = node_killed_mid_batch(&server, &mut receiver).await;
+    receiver.script(&[Reply::Status(500); 10]);
+    let metrics = Metrics::new();
+    let node_b = Hooks {
+        hooks: redis_node(
+            &server,
+            config(&receiver.url(), attempts_by_a + 1, 100),
+            "node-b",
+            metrics.clone(),
+        ),
+        metrics,
+        url: receiver.url(),
+        // The server belongs to this test: node B only lists dead letters through `Hooks`.
+        redis: None,
+    };
+    node_b.hooks.start();
+    assert_eq!(receiver.next().await.delivery(), first.delivery());
+    let listed = node_b.dead_letters(2).await;
+    assert_eq!(node_b.requests("error"), 1, "one attempt by node B");
+    for dead in &listed {
+        assert_eq!(dead.deliveries, u64::from(attempts_by_a) + 1);
+        assert_eq!(dead.reason, "HTTP 500");
+    }
+    assert!(
+        receiver.requests.try_recv().is_err(),
+        "no attempt after the last"
+    );
+    node_b.hooks.stop().await;
 }
