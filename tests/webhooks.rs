@@ -30,6 +30,8 @@ const HOOK_SECRET: &[u8] = b"webhook-test-secret";
 const LONG_WAIT: Duration = Duration::from_secs(20);
 /// How long the receiver takes to answer a request it stalls: past the 1 s timeout.
 const STALL: Duration = Duration::from_millis(2500);
+/// How long the receiver takes to answer a request it answers slowly: within the timeout.
+const SLOW: Duration = Duration::from_millis(600);
 
 // ---- The receiver ----
 
@@ -39,6 +41,8 @@ enum Reply {
     Status(u16),
     /// Answers 200, but only after [`STALL`]: the hub has given up by then.
     Stall,
+    /// Answers 200 after [`SLOW`]: within the timeout, with time to act meanwhile.
+    Slow,
 }
 
 /// One request as the receiver got it.
@@ -198,6 +202,10 @@ fn serve(
         Reply::Status(status) => status,
         Reply::Stall => {
             std::thread::sleep(STALL);
+            200
+        }
+        Reply::Slow => {
+            std::thread::sleep(SLOW);
             200
         }
     };
@@ -526,11 +534,13 @@ async fn dead_letters_are_listed_replayed_and_deleted(kind: Kind) {
     assert_eq!(listed[0].original_id, "ev-4");
     assert_eq!(listed[0].reason, "HTTP 500");
 
-    // Replay ev-1, ev-2 and ev-4 (ev-1 asked twice): each goes once, in a new batch.
+    // Replay ev-1, ev-2 and ev-4, twice at once, ev-1 twice in each: each goes once, in a new
+    // batch (with Redis the two calls interleave their commands on the shared link).
     let mut replay: Vec<String> = listed.iter().rev().map(|d| d.id.clone()).collect();
     replay.push(replay[0].clone());
     replay.push("someone-else:dlq/1-0".to_owned());
-    assert_eq!(hooks.hooks.replay(&replay).await.expect("replay"), 3);
+    let (one, other) = tokio::join!(hooks.hooks.replay(&replay), hooks.hooks.replay(&replay));
+    assert_eq!(one.expect("replay") + other.expect("replay"), 3);
     for request in receiver
         .until_events(&["ev-1".into(), "ev-2".into(), "ev-4".into()])
         .await
@@ -746,4 +756,58 @@ async fn redis_a_taken_over_batch_keeps_its_attempt_count() {
         "no attempt after the last"
     );
     node_b.hooks.stop().await;
+}
+
+/// A node that lost its lock mid-request (paused past its lease, another node took over)
+/// removes nothing when its request succeeds: the batch stays queued and recorded for the
+/// node that holds the lock now.
+#[tokio::test]
+async fn redis_a_node_that_lost_its_lock_removes_nothing() {
+    let mut receiver = Receiver::start();
+    receiver.script(&[Reply::Slow]);
+    let hooks = Hooks::new(Kind::Redis, config(&receiver.url(), 8, 100));
+    let server = hooks.redis.as_ref().expect("a redis server");
+    let keys = Keys::new(PREFIX);
+    let mut conn = redis_conn(&server.url());
+    hooks.push(&[event(1), event(2)]);
+    hooks.hooks.start();
+
+    let request = receiver.next().await;
+    // While the answer is on its way, another node holds the lock.
+    let _: () = redis::cmd("SET")
+        .arg(keys.webhook_lock(&hooks.url))
+        .arg("intruder")
+        .query(&mut conn)
+        .expect("SET");
+    let deadline = Instant::now() + LONG_WAIT;
+    while hooks.requests("ok") + hooks.requests("timeout") == 0 {
+        assert!(Instant::now() < deadline, "the request was judged");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Give the sender its chance to (wrongly) finish the batch, then look.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (queued, delivery): (i64, Option<String>) = redis::pipe()
+        .cmd("LLEN")
+        .arg(keys.webhook_queue(&hooks.url))
+        .cmd("HGET")
+        .arg(keys.webhook_batch(&hooks.url))
+        .arg("delivery")
+        .query(&mut conn)
+        .expect("LLEN, HGET");
+    assert_eq!(queued, 2, "the events stay queued");
+    assert_eq!(
+        delivery,
+        Some(request.delivery()),
+        "the batch stays recorded"
+    );
+    hooks.hooks.stop().await;
+    let lock: Option<String> = redis::cmd("GET")
+        .arg(keys.webhook_lock(&hooks.url))
+        .query(&mut conn)
+        .expect("GET");
+    assert_eq!(
+        lock.as_deref(),
+        Some("intruder"),
+        "a stop releases only its own lock"
+    );
 }
