@@ -382,6 +382,7 @@ fn verifies(timestamp: &str, body: &[u8], signature: &str) -> bool {
 /// by one byte, or another timestamp, does not.
 #[tokio::test]
 async fn the_signature_verifies_over_the_raw_body_and_a_tampered_one_fails() {
+    realtime_hub::logging::init_for_tests();
     let mut receiver = Receiver::start();
     let hooks = Hooks::new(Kind::Memory, config(&receiver.url(), 3, 100));
     hooks.hooks.start();
@@ -478,11 +479,13 @@ async fn retries_keep_the_batch_and_the_order(kind: Kind) {
 
 #[tokio::test]
 async fn memory_retries_keep_the_batch_and_the_order() {
+    realtime_hub::logging::init_for_tests();
     retries_keep_the_batch_and_the_order(Kind::Memory).await;
 }
 
 #[tokio::test]
 async fn redis_retries_keep_the_batch_and_the_order() {
+    realtime_hub::logging::init_for_tests();
     retries_keep_the_batch_and_the_order(Kind::Redis).await;
 }
 
@@ -555,17 +558,20 @@ async fn dead_letters_are_listed_replayed_and_deleted(kind: Kind) {
 
 #[tokio::test]
 async fn memory_dead_letters_are_listed_replayed_and_deleted() {
+    realtime_hub::logging::init_for_tests();
     dead_letters_are_listed_replayed_and_deleted(Kind::Memory).await;
 }
 
 #[tokio::test]
 async fn redis_dead_letters_are_listed_replayed_and_deleted() {
+    realtime_hub::logging::init_for_tests();
     dead_letters_are_listed_replayed_and_deleted(Kind::Redis).await;
 }
 
 /// A password in the URL reaches neither the dead letters nor (by the same function) the logs.
 #[tokio::test]
 async fn a_dead_letter_shows_the_url_without_its_password() {
+    realtime_hub::logging::init_for_tests();
     let url = format!("http://hook:pa55word@127.0.0.1:{}/in", closed_port());
     let hooks = Hooks::new(Kind::Memory, config(&url, 1, 100));
     hooks.hooks.start();
@@ -654,6 +660,7 @@ async fn node_killed_mid_batch(server: &RedisServer, receiver: &mut Receiver) ->
 /// the same `X-Hub-Delivery`, then removes it from the queue.
 #[tokio::test]
 async fn redis_a_killed_nodes_batch_is_sent_by_another_node_with_its_delivery_id() {
+    realtime_hub::logging::init_for_tests();
     let server = RedisServer::start();
     let mut receiver = Receiver::start();
     let (first, _) = node_killed_mid_batch(&server, &mut receiver).await;
@@ -703,6 +710,7 @@ async fn redis_a_killed_nodes_batch_is_sent_by_another_node_with_its_delivery_id
 /// rest are delivered, oldest first; what is still queued at stop is counted as lost.
 #[tokio::test]
 async fn memory_overflow_drops_the_oldest_and_counts_them() {
+    realtime_hub::logging::init_for_tests();
     let mut receiver = Receiver::start();
     let hooks = Hooks::new(Kind::Memory, config(&receiver.url(), 3, 3));
     hooks.push(&[event(1), event(2), event(3), event(4), event(5)]);
@@ -726,6 +734,7 @@ async fn memory_overflow_drops_the_oldest_and_counts_them() {
 /// node A made, node B sends the batch once, and that failure sets its events aside.
 #[tokio::test]
 async fn redis_a_taken_over_batch_keeps_its_attempt_count() {
+    realtime_hub::logging::init_for_tests();
     let server = RedisServer::start();
     let mut receiver = Receiver::start();
     let (first, attempts_by_a) = node_killed_mid_batch(&server, &mut receiver).await;
@@ -763,6 +772,7 @@ async fn redis_a_taken_over_batch_keeps_its_attempt_count() {
 /// node that holds the lock now.
 #[tokio::test]
 async fn redis_a_node_that_lost_its_lock_removes_nothing() {
+    realtime_hub::logging::init_for_tests();
     let mut receiver = Receiver::start();
     receiver.script(&[Reply::Slow]);
     let hooks = Hooks::new(Kind::Redis, config(&receiver.url(), 8, 100));
