@@ -821,3 +821,34 @@ async fn redis_a_node_that_lost_its_lock_removes_nothing() {
         "a stop releases only its own lock"
     );
 }
+
+/// A batch in flight survives a restart of a Redis that persists (AOF, settled point 2): the
+/// sender rides out the outage and, once Redis is back, sends the same batch with the same
+/// `X-Hub-Delivery`.
+#[tokio::test]
+async fn redis_a_batch_survives_a_redis_restart() {
+    realtime_hub::logging::init_for_tests();
+    let mut server = RedisServer::start_durable();
+    let mut receiver = Receiver::start();
+    receiver.script(&[Reply::Status(500)]);
+    let url = receiver.url();
+    rpush(&server, &url, &[event(1), event(2)]);
+    let metrics = Metrics::new();
+    let hooks = redis_node(&server, config(&url, 8, 100), "node-a", metrics.clone());
+    hooks.start();
+    let first = receiver.next().await;
+
+    server.kill();
+    // An outage longer than the retry's wait: the sender meets it when it renews its lock.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    server.launch();
+
+    let again = receiver.next().await;
+    assert_eq!(again.delivery(), first.delivery(), "the same batch");
+    assert_eq!(again.event_ids(), ids(1..=2));
+    rpush(&server, &url, &[event(3)]);
+    let next = receiver.next().await;
+    assert_eq!(next.event_ids(), ids(3..=3));
+    assert_eq!(metrics.webhook_dead.get(), 0);
+    hooks.stop().await;
+}
