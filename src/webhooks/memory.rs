@@ -367,6 +367,36 @@ mod tests {
     }
 
     #[test]
+    fn a_url_listed_twice_gets_one_queue() {
+        let metrics = Metrics::new();
+        let hooks = Webhooks::memory(
+            config(&["http://127.0.0.1:9/a", "http://127.0.0.1:9/a"], 10),
+            metrics.clone(),
+        );
+        hooks.push(&events(0..2));
+        assert_eq!(metrics.webhook_queue_events.get(), 2);
+    }
+
+    #[test]
+    fn the_dead_letters_keep_the_newest_and_count_what_they_drop() {
+        let metrics = Metrics::new();
+        let hooks = Webhooks::memory(config(&["http://127.0.0.1:9/a"], 10), metrics.clone());
+        let super::super::Store::Memory(store) = &hooks.store else {
+            unreachable!("a memory service has a memory store")
+        };
+        let batch = Batch::new(events(0..100));
+        for _ in 0..=MAX_DEAD / 100 {
+            store.dead_letter(0, &batch, "HTTP 500", 1);
+        }
+        assert_eq!(metrics.webhook_dead.get(), MAX_DEAD as u64 + 100);
+        assert_eq!(metrics.webhook_dropped.get(), 100);
+        let newest = store.list(MAX_DEAD + 1);
+        assert_eq!(newest.len(), MAX_DEAD);
+        assert_eq!(newest[0].id, format!("webhooks:dlq/{}", MAX_DEAD + 99));
+        assert_eq!(newest[MAX_DEAD - 1].id, "webhooks:dlq/100");
+    }
+
+    #[test]
     fn dead_letters_are_listed_newest_first_and_replayed_once() {
         let metrics = Metrics::new();
         let hooks = Webhooks::memory(config(&["http://u:pw@127.0.0.1:9/a"], 10), metrics.clone());

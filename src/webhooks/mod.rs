@@ -66,15 +66,25 @@ struct Context {
 
 impl Context {
     fn new(config: &WebhookConfig, metrics: Arc<Metrics>) -> Result<Context, String> {
+        // A URL named twice gets one queue: with Redis, two senders of one node would share
+        // its lock's owner value, both believe they hold it, and trim each other's batches.
+        let mut urls: Vec<String> = Vec::with_capacity(config.urls.len());
+        for url in &config.urls {
+            if urls.contains(url) {
+                tracing::warn!(url = %batch::redacted(url), "webhook URL listed twice: it gets one queue");
+            } else {
+                urls.push(url.clone());
+            }
+        }
         Ok(Context {
-            urls: config.urls.clone(),
+            gauge: QueueGauge::new(urls.len(), metrics.webhook_queue_events.clone()),
+            urls,
             sender: Sender::new(
                 config.secret.clone(),
                 config.timeout,
                 config.max_attempts,
                 metrics.clone(),
             )?,
-            gauge: QueueGauge::new(config.urls.len(), metrics.webhook_queue_events.clone()),
             metrics,
         })
     }
