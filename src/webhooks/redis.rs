@@ -100,6 +100,9 @@ return 1
 
 /// A batch given up: one dead letter per event, then its events leave the queue and its
 /// record goes, all at once, if the lock is still ours.
+/// The dead-letter stream is not in the queue's hash slot: under Redis Cluster (not supported
+/// yet) this becomes two steps, the `XADD`s first, so that a crash between them repeats a dead
+/// letter rather than losing one (settled point 12). The same holds for [`REPLAY`].
 /// KEYS: lock, batch, queue, dead-letter stream. ARGV: owner, count, url, reason, deliveries,
 /// failed_at, delivery, then per event its text and its id. Returns 1 when done.
 static DEAD: LazyLock<Script> = LazyLock::new(|| {
