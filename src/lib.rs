@@ -26,6 +26,8 @@
 //! - [`logging`]: text or JSON log lines, with a span per session carrying `client` and `user`.
 //! - [`dashboard`]: the node's figures published to `dashboard:hub`.
 //! - [`shutdown`]: the ordered drain on SIGTERM.
+//! - [`webhooks`]: webhook delivery of lifecycle events: per-URL queues (memory or Redis),
+//!   signed batches, retries, and their dead letters.
 //! - [`demo_events`]: the `demo-events` producer of sample domain events.
 
 pub mod app;
@@ -46,6 +48,7 @@ pub mod metrics;
 pub mod protocol;
 pub mod session;
 pub mod shutdown;
+pub mod webhooks;
 
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
