@@ -15,6 +15,7 @@ use crate::engine::Engine;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::session::{SessionHandles, SessionSettings};
+use crate::webhooks::Webhooks;
 
 pub struct AppState {
     pub config: Config,
@@ -30,6 +31,8 @@ pub struct AppState {
     pub streams: Option<Arc<Streams>>,
     /// Every source of dead letters this node has, for `/api/deadletters`.
     pub dead_letters: DeadLetters,
+    /// Webhook delivery of lifecycle events, when configured. Stopped by the shutdown.
+    pub webhooks: Option<Arc<Webhooks>>,
     /// Set once shutdown begins: `/ready` answers 503 and new connections are refused.
     draining: AtomicBool,
 }
@@ -65,6 +68,7 @@ impl AppState {
             started: Instant::now(),
             streams: None,
             dead_letters: DeadLetters::default(),
+            webhooks: None,
             draining: AtomicBool::new(false),
         }
     }
@@ -76,6 +80,16 @@ impl AppState {
                 .add(Arc::clone(streams) as Arc<dyn DeadLetterSource>);
         }
         self.streams = streams;
+        self
+    }
+
+    /// With the webhook delivery this node runs.
+    pub fn with_webhooks(mut self, webhooks: Option<Arc<Webhooks>>) -> Self {
+        if let Some(hooks) = &webhooks {
+            self.dead_letters
+                .add(Arc::clone(hooks) as Arc<dyn DeadLetterSource>);
+        }
+        self.webhooks = webhooks;
         self
     }
 

@@ -104,6 +104,25 @@ pub async fn run(
         None => None,
     };
     let metrics = Metrics::new();
+    // Webhook delivery of lifecycle events: queues in Redis with the Redis engine (the
+    // lifecycle scripts fill them), in this process with the memory engine (its emitter does).
+    let webhooks = match (&config.webhooks, &redis_client) {
+        (None, _) => None,
+        (Some(hooks), None) => Some(
+            webhooks::Webhooks::memory(hooks.clone(), Arc::clone(&metrics))
+                .map_err(std::io::Error::other)?,
+        ),
+        (Some(hooks), Some(client)) => Some(
+            webhooks::Webhooks::redis(
+                hooks.clone(),
+                client,
+                Keys::new(&config.redis_prefix),
+                config.node_id.clone(),
+                Arc::clone(&metrics),
+            )
+            .map_err(std::io::Error::other)?,
+        ),
+    };
     let hub = Hub::new(config.node_queue_bytes, Arc::clone(&metrics)).start();
     let streams_client = redis_client.clone();
     let engine: Arc<dyn Engine> = match redis_client {
@@ -187,8 +206,13 @@ pub async fn run(
     let workers = config.workers;
     let shutdown_timeout = config.shutdown_timeout;
     let ping_interval = config.ping_interval;
+    if let Some(hooks) = &webhooks {
+        hooks.start();
+    }
     let app = web::Data::new(
-        AppState::new(config, engine, hub, verifier, Arc::clone(&metrics)).with_streams(streams),
+        AppState::new(config, engine, hub, verifier, Arc::clone(&metrics))
+            .with_streams(streams)
+            .with_webhooks(webhooks),
     );
     dashboard::start(app.clone().into_inner());
 

@@ -55,6 +55,12 @@ pub async fn drain(app: &AppState, server: ServerHandle) {
     // The closed sessions' leaves and releases (and their lifecycle events) reach Redis
     // before the process exits; what the time does not allow, the lease settles later.
     let _ = tokio::time::timeout_at(deadline.into(), app.engine.flush()).await;
+    // Webhooks: with the memory engine, deliver what is queued while the time allows (what
+    // is left is counted as lost); with Redis the queues stay for the other nodes.
+    if let Some(hooks) = &app.webhooks {
+        hooks.settle(deadline).await;
+        hooks.stop().await;
+    }
     // The server gets only the time left. A graceful stop waits for every connection, and one
     // whose peer never reads stays open (its session cannot even be polled to close it): that
     // wait would add up to another shutdown timeout. When the time is up, `run` drops the

@@ -9,16 +9,11 @@
 
 mod common;
 
-use std::collections::{HashMap, VecDeque};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
-
-use common::{redis_conn, RedisServer};
+use common::*;
 use realtime_hub::config::WebhookConfig;
 use realtime_hub::deadletters::{DeadLetter, DeadLetterSource};
 use realtime_hub::engine::redis::Keys;
@@ -26,200 +21,6 @@ use realtime_hub::metrics::{Metrics, ResultLabels};
 use realtime_hub::webhooks::Webhooks;
 
 const HOOK_SECRET: &[u8] = b"webhook-test-secret";
-/// Longest a test waits for one thing to happen (retries take seconds; CI is loaded).
-const LONG_WAIT: Duration = Duration::from_secs(20);
-/// How long the receiver takes to answer a request it stalls: past the 1 s timeout.
-const STALL: Duration = Duration::from_millis(2500);
-/// How long the receiver takes to answer a request it answers slowly: within the timeout.
-const SLOW: Duration = Duration::from_millis(600);
-
-// ---- The receiver ----
-
-/// What the receiver answers to one request.
-#[derive(Debug, Clone, Copy)]
-enum Reply {
-    Status(u16),
-    /// Answers 200, but only after [`STALL`]: the hub has given up by then.
-    Stall,
-    /// Answers 200 after [`SLOW`]: within the timeout, with time to act meanwhile.
-    Slow,
-}
-
-/// One request as the receiver got it.
-#[derive(Debug)]
-struct Request {
-    /// Header names lower-cased.
-    headers: HashMap<String, String>,
-    body: Vec<u8>,
-}
-
-impl Request {
-    fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .map(String::as_str)
-            .unwrap_or_else(|| panic!("no {name} header in {:?}", self.headers))
-    }
-
-    fn delivery(&self) -> String {
-        self.header("x-hub-delivery").to_owned()
-    }
-
-    fn timestamp(&self) -> u64 {
-        self.header("x-hub-timestamp")
-            .parse()
-            .expect("a numeric timestamp")
-    }
-
-    /// The `id`s of the events in the body, in order.
-    fn event_ids(&self) -> Vec<String> {
-        let body: serde_json::Value = serde_json::from_slice(&self.body).expect("a JSON body");
-        body["events"]
-            .as_array()
-            .expect("an events array")
-            .iter()
-            .map(|e| e["id"].as_str().expect("an event id").to_owned())
-            .collect()
-    }
-}
-
-/// A real HTTP/1.1 server on a local port: one thread per connection, `Connection: close`.
-struct Receiver {
-    addr: SocketAddr,
-    /// Replies for the next requests, in order; once empty, every request gets 200.
-    script: Arc<Mutex<VecDeque<Reply>>>,
-    requests: tokio::sync::mpsc::UnboundedReceiver<Request>,
-}
-
-impl Receiver {
-    fn start() -> Receiver {
-        Receiver::on(TcpListener::bind("127.0.0.1:0").expect("a local port"))
-    }
-
-    /// A receiver on `port`, which a test kept closed until now.
-    fn start_on(port: u16) -> Receiver {
-        Receiver::on(
-            TcpListener::bind(("127.0.0.1", port))
-                .unwrap_or_else(|e| panic!("port {port} could not be bound again: {e}")),
-        )
-    }
-
-    fn on(listener: TcpListener) -> Receiver {
-        let addr = listener.local_addr().expect("the listener's address");
-        let script = Arc::new(Mutex::new(VecDeque::new()));
-        let (tx, requests) = tokio::sync::mpsc::unbounded_channel();
-        let replies = script.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let (tx, replies) = (tx.clone(), replies.clone());
-                std::thread::spawn(move || serve(stream, &tx, &replies));
-            }
-        });
-        Receiver {
-            addr,
-            script,
-            requests,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}/hook", self.addr)
-    }
-
-    fn script(&self, replies: &[Reply]) {
-        self.script
-            .lock()
-            .expect("the script")
-            .extend(replies.iter().copied());
-    }
-
-    /// The next request, within [`LONG_WAIT`].
-    async fn next(&mut self) -> Request {
-        tokio::time::timeout(LONG_WAIT, self.requests.recv())
-            .await
-            .expect("a webhook request within the wait")
-            .expect("the receiver is running")
-    }
-
-    /// The requests until the events with these ids all arrived (a replay may split them over
-    /// several batches).
-    async fn until_events(&mut self, ids: &[String]) -> Vec<Request> {
-        let mut seen = Vec::new();
-        let mut requests = Vec::new();
-        while seen.len() < ids.len() {
-            let request = self.next().await;
-            seen.extend(request.event_ids());
-            requests.push(request);
-        }
-        assert_eq!(seen, ids, "the events, in order, nothing else");
-        requests
-    }
-}
-
-/// Reads one request, reports it, answers it as scripted.
-fn serve(
-    mut stream: TcpStream,
-    tx: &tokio::sync::mpsc::UnboundedSender<Request>,
-    replies: &Mutex<VecDeque<Reply>>,
-) {
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-    let mut data = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let head_end = loop {
-        if let Some(at) = data.windows(4).position(|w| w == b"\r\n\r\n") {
-            break at;
-        }
-        match stream.read(&mut chunk) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => data.extend_from_slice(&chunk[..n]),
-        }
-    };
-    let head = String::from_utf8_lossy(&data[..head_end]).into_owned();
-    let headers: HashMap<String, String> = head
-        .lines()
-        .skip(1)
-        .filter_map(|line| line.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    let length: usize = headers
-        .get("content-length")
-        .and_then(|l| l.parse().ok())
-        .unwrap_or(0);
-    let mut body = data[head_end + 4..].to_vec();
-    while body.len() < length {
-        match stream.read(&mut chunk) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => body.extend_from_slice(&chunk[..n]),
-        }
-    }
-    let reply = replies
-        .lock()
-        .expect("the script")
-        .pop_front()
-        .unwrap_or(Reply::Status(200));
-    let _ = tx.send(Request { headers, body });
-    let status = match reply {
-        Reply::Status(status) => status,
-        Reply::Stall => {
-            std::thread::sleep(STALL);
-            200
-        }
-        Reply::Slow => {
-            std::thread::sleep(SLOW);
-            200
-        }
-    };
-    let _ = write!(
-        stream,
-        "HTTP/1.1 {status} Scripted\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    );
-}
-
-/// A local port with nothing listening on it.
-fn closed_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("a local port");
-    listener.local_addr().expect("its address").port()
-}
 
 // ---- The hub side ----
 
@@ -264,7 +65,7 @@ impl Hooks {
         let url = config.urls[0].clone();
         match kind {
             Kind::Memory => Hooks {
-                hooks: Webhooks::memory(config, metrics.clone()),
+                hooks: Webhooks::memory(config, metrics.clone()).expect("a webhook service"),
                 metrics,
                 url,
                 redis: None,
@@ -353,29 +154,6 @@ fn rpush(server: &RedisServer, url: &str, events: &[String]) {
         .expect("RPUSH");
 }
 
-/// Whether `signature` is `sha256=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>`, checked
-/// with the `hmac` crate directly over the raw bytes received.
-fn verifies(timestamp: &str, body: &[u8], signature: &str) -> bool {
-    let Some(hex) = signature.strip_prefix("sha256=") else {
-        return false;
-    };
-    let Some(expected) = (0..hex.len())
-        .step_by(2)
-        .map(|i| {
-            hex.get(i..i + 2)
-                .and_then(|b| u8::from_str_radix(b, 16).ok())
-        })
-        .collect::<Option<Vec<u8>>>()
-    else {
-        return false;
-    };
-    let mut mac = Hmac::<Sha256>::new_from_slice(HOOK_SECRET).expect("any key length");
-    mac.update(timestamp.as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    mac.verify_slice(&expected).is_ok()
-}
-
 // ---- (1) The signature ----
 
 /// A request's signature verifies with an independent HMAC over the raw body; a body changed
@@ -402,13 +180,13 @@ async fn the_signature_verifies_over_the_raw_body_and_a_tampered_one_fails() {
         "a current timestamp"
     );
     let signature = request.header("x-hub-signature");
-    assert!(verifies(timestamp, &request.body, signature));
+    assert!(verifies(HOOK_SECRET, timestamp, &request.body, signature));
 
     let mut tampered = request.body.clone();
     tampered[12] ^= 1;
-    assert!(!verifies(timestamp, &tampered, signature));
+    assert!(!verifies(HOOK_SECRET, timestamp, &tampered, signature));
     let other = (request.timestamp() + 1).to_string();
-    assert!(!verifies(&other, &request.body, signature));
+    assert!(!verifies(HOOK_SECRET, &other, &request.body, signature));
     hooks.hooks.stop().await;
 }
 
@@ -433,6 +211,7 @@ async fn retries_keep_the_batch_and_the_order(kind: Kind) {
         assert_eq!(attempt.delivery(), first.delivery(), "one delivery id");
         assert_eq!(attempt.event_ids(), ids(1..=3), "the same events");
         assert!(verifies(
+            HOOK_SECRET,
             attempt.header("x-hub-timestamp"),
             &attempt.body,
             attempt.header("x-hub-signature")
@@ -626,9 +405,8 @@ async fn node_killed_mid_batch(server: &RedisServer, receiver: &mut Receiver) ->
     assert_eq!(first.event_ids(), ids(1..=2));
     let _ = kill.send(());
     node_a.join().expect("node A's thread");
-    receiver.script.lock().expect("the script").clear();
     // Node A's retries answered before it died are not node B's.
-    while receiver.requests.try_recv().is_ok() {}
+    receiver.reset();
 
     let keys = Keys::new(PREFIX);
     let mut conn = redis_conn(&server.url());
@@ -760,10 +538,7 @@ async fn redis_a_taken_over_batch_keeps_its_attempt_count() {
         assert_eq!(dead.deliveries, u64::from(attempts_by_a) + 1);
         assert_eq!(dead.reason, "HTTP 500");
     }
-    assert!(
-        receiver.requests.try_recv().is_err(),
-        "no attempt after the last"
-    );
+    assert!(receiver.try_next().is_none(), "no attempt after the last");
     node_b.hooks.stop().await;
 }
 

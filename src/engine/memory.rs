@@ -440,6 +440,14 @@ impl Engine for MemoryEngine {
 
     /// One node: there is nobody else to tell.
     fn disconnect_user(&self, _user: &str) {}
+
+    /// Writes are applied as they are made; what is left is the lifecycle graces. The one
+    /// node is stopping, so nobody can come back within them: their down events go out now.
+    fn flush(&self) -> BoxFuture<'static, ()> {
+        let mut st = self.lock();
+        self.lifecycle(&mut st, |t| t.end_graces());
+        Box::pin(std::future::ready(()))
+    }
 }
 
 #[cfg(test)]

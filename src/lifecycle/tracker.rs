@@ -131,6 +131,17 @@ impl Tracker {
         due
     }
 
+    /// Takes down every subject inside its grace, now (the process is stopping).
+    pub fn end_graces(&mut self) -> Vec<Transition> {
+        match self.deadlines.last_key_value() {
+            Some(((last, _), _)) => {
+                let last = *last;
+                self.sweep(last)
+            }
+            None => Vec::new(),
+        }
+    }
+
     /// When the next grace runs out, if one runs.
     pub fn next_deadline(&self) -> Option<Instant> {
         self.deadlines.keys().next().map(|(d, _)| *d)
@@ -266,6 +277,25 @@ mod tests {
         for (i, up) in seen.iter().enumerate() {
             assert_eq!(*up, i % 2 == 0, "transition {i} of {seen:?}");
         }
+    }
+
+    #[test]
+    fn ending_the_graces_takes_down_every_subject_inside_one() {
+        let mut t = Tracker::new(GRACE);
+        let now = Instant::now();
+        t.add(user("a"), "c1", None);
+        t.add(user("b"), "c2", None);
+        t.add(user("held"), "c3", None);
+        t.remove(&user("a"), "c1", Reason::Closed, now);
+        t.remove(
+            &user("b"),
+            "c2",
+            Reason::Closed,
+            now + Duration::from_secs(1),
+        );
+        assert_eq!(t.end_graces().len(), 2);
+        assert!(t.is_up(&user("held")));
+        assert!(t.end_graces().is_empty());
     }
 
     #[test]

@@ -358,7 +358,8 @@ mod tests {
         let hooks = Webhooks::memory(
             config(&["http://127.0.0.1:9/a", "http://127.0.0.1:9/b"], 3),
             metrics.clone(),
-        );
+        )
+        .expect("a webhook service");
         hooks.push(&events(0..2));
         hooks.push(&events(2..5));
         // Each URL keeps e2..e4 and dropped e0, e1.
@@ -372,7 +373,8 @@ mod tests {
         let hooks = Webhooks::memory(
             config(&["http://127.0.0.1:9/a", "http://127.0.0.1:9/a"], 10),
             metrics.clone(),
-        );
+        )
+        .expect("a webhook service");
         hooks.push(&events(0..2));
         assert_eq!(metrics.webhook_queue_events.get(), 2);
     }
@@ -380,7 +382,8 @@ mod tests {
     #[test]
     fn the_dead_letters_keep_the_newest_and_count_what_they_drop() {
         let metrics = Metrics::new();
-        let hooks = Webhooks::memory(config(&["http://127.0.0.1:9/a"], 10), metrics.clone());
+        let hooks = Webhooks::memory(config(&["http://127.0.0.1:9/a"], 10), metrics.clone())
+            .expect("a webhook service");
         let super::super::Store::Memory(store) = &hooks.store else {
             unreachable!("a memory service has a memory store")
         };
@@ -399,7 +402,8 @@ mod tests {
     #[test]
     fn dead_letters_are_listed_newest_first_and_replayed_once() {
         let metrics = Metrics::new();
-        let hooks = Webhooks::memory(config(&["http://u:pw@127.0.0.1:9/a"], 10), metrics.clone());
+        let hooks = Webhooks::memory(config(&["http://u:pw@127.0.0.1:9/a"], 10), metrics.clone())
+            .expect("a webhook service");
         let super::super::Store::Memory(store) = &hooks.store else {
             unreachable!("a memory service has a memory store")
         };

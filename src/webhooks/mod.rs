@@ -43,6 +43,8 @@ const STOP_WAIT: Duration = Duration::from_secs(3);
 /// The webhook service of one node: the queues of every configured URL and their senders.
 pub struct Webhooks {
     store: Store,
+    /// `hub_webhook_queue_events`: what [`Webhooks::settle`] waits on.
+    queued: Gauge,
     /// Set once by [`Webhooks::stop`]; every delivery task watches it at each await point.
     shutdown: watch::Sender<bool>,
     /// The delivery tasks [`Webhooks::start`] spawned; taken and awaited by `stop`.
@@ -127,17 +129,13 @@ impl Webhooks {
     /// overflow drops the OLDEST events, counted in `metrics.webhook_dropped`. A batch being
     /// delivered (at most 100 events) is held apart from its queue and does not count against
     /// the bound. Dead letters are kept in memory too, the newest 10,000.
-    pub fn memory(config: WebhookConfig, metrics: Arc<Metrics>) -> Arc<Webhooks> {
-        let context = match Context::new(&config, metrics) {
-            Ok(context) => Arc::new(context),
-            // The HTTP client depends on no setting, and a system without CA certificates gets
-            // one all the same (see `send::http_client`): a failure is a broken build.
-            Err(e) => panic!("{e}"),
-        };
-        Webhooks::with_store(Store::Memory(Arc::new(MemoryStore::new(
-            context,
-            config.queue_events,
-        ))))
+    pub fn memory(config: WebhookConfig, metrics: Arc<Metrics>) -> Result<Arc<Webhooks>, String> {
+        let queued = metrics.webhook_queue_events.clone();
+        let context = Arc::new(Context::new(&config, metrics)?);
+        Ok(Webhooks::with_store(
+            Store::Memory(Arc::new(MemoryStore::new(context, config.queue_events))),
+            queued,
+        ))
     }
 
     /// Redis engine: queues live in Redis (lists `keys.webhook_queue(url)`), so a batch
@@ -153,17 +151,31 @@ impl Webhooks {
         node_id: String,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Webhooks>, String> {
+        let queued = metrics.webhook_queue_events.clone();
         let context = Arc::new(Context::new(&config, metrics)?);
         let store = RedisStore::new(context, client, keys, &node_id, config.timeout)?;
-        Ok(Webhooks::with_store(Store::Redis(Arc::new(store))))
+        Ok(Webhooks::with_store(Store::Redis(Arc::new(store)), queued))
     }
 
-    fn with_store(store: Store) -> Arc<Webhooks> {
+    fn with_store(store: Store, queued: Gauge) -> Arc<Webhooks> {
         Arc::new(Webhooks {
             store,
+            queued,
             shutdown: watch::channel(false).0,
             tasks: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Memory engine: waits until every queue is delivered (or dead-lettered), at most until
+    /// `until`; the shutdown calls it before [`Webhooks::stop`], which counts what is left as
+    /// lost. With Redis it returns at once: the queues outlive the node.
+    pub async fn settle(&self, until: std::time::Instant) {
+        if matches!(self.store, Store::Redis(_)) {
+            return;
+        }
+        while self.queued.get() > 0 && std::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
     }
 
     /// Memory engine only: appends events (each the JSON text of one lifecycle event) to
@@ -213,6 +225,13 @@ impl Webhooks {
         if let Store::Memory(store) = &self.store {
             store.count_lost();
         }
+    }
+}
+
+/// The memory engine's emitter hands its events here.
+impl crate::lifecycle::Sink for Webhooks {
+    fn push(&self, events: &[String]) {
+        Webhooks::push(self, events);
     }
 }
 

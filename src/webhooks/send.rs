@@ -148,10 +148,9 @@ impl Sender {
     }
 }
 
-/// The HTTP client, verifying https with the system's CA certificates. Without any (the
-/// release image installs none) the client still serves http:// URLs, and https:// ones fail
-/// at each attempt with a reason that says why (so their events reach the dead letters, with
-/// it), rather than the node refusing to start.
+/// The HTTP client, verifying https against Mozilla's roots (bundled: the release image has
+/// no CA certificates of its own) and the system's, `SSL_CERT_FILE`'s included (for a
+/// private CA).
 fn http_client(timeout: Duration) -> Result<reqwest::Client, String> {
     // reqwest is built without a crypto provider of its own (no aws-lc, so no cmake): it
     // takes the process default, which must exist before a client is built. Another part of
@@ -159,85 +158,18 @@ fn http_client(timeout: Duration) -> Result<reqwest::Client, String> {
     // deprecates its ring provider for lacking post-quantum key exchange; ring is the
     // project's choice all the same.
     #[allow(deprecated)]
-    let provider = rustls::crypto::ring::default_provider();
-    let _ = provider.clone().install_default();
-    let builder = || {
-        reqwest::Client::builder()
-            .connect_timeout(timeout)
-            // A redirect would turn the POST into a GET elsewhere: a 3xx is a failed attempt.
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("realtime-hub/", env!("CARGO_PKG_VERSION")))
-    };
-    let why = match builder().build() {
-        Ok(client) => return Ok(client),
-        Err(e) => error_text(e),
-    };
-    tracing::error!(
-        error = %why,
-        "webhooks: no usable CA certificates on this system: https:// webhook URLs will fail \
-         (http:// ones work); install the CA certificates (e.g. the ca-certificates package)"
-    );
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("webhooks: TLS settings: {e}"))?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(NoRoots))
-        .with_no_client_auth();
-    builder()
-        .tls_backend_preconfigured(tls)
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let bundled = webpki_root_certs::TLS_SERVER_ROOT_CERTS
+        .iter()
+        .filter_map(|der| reqwest::Certificate::from_der(der).ok());
+    reqwest::Client::builder()
+        .tls_certs_merge(bundled)
+        .connect_timeout(timeout)
+        // A redirect would turn the POST into a GET elsewhere: a 3xx is a failed attempt.
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("realtime-hub/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| format!("cannot build the webhook HTTP client: {}", error_text(e)))
-}
-
-/// A certificate verifier for a system without CA certificates: it trusts no server.
-#[derive(Debug)]
-struct NoRoots;
-
-impl NoRoots {
-    fn refuse() -> rustls::Error {
-        rustls::Error::General(
-            "no CA certificates on this system to verify the server with (install them)".into(),
-        )
-    }
-}
-
-impl rustls::client::danger::ServerCertVerifier for NoRoots {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &rustls::pki_types::CertificateDer<'_>,
-        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
-        _server_name: &rustls::pki_types::ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Err(NoRoots::refuse())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &rustls::pki_types::CertificateDer<'_>,
-        _dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Err(NoRoots::refuse())
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        _message: &[u8],
-        _cert: &rustls::pki_types::CertificateDer<'_>,
-        _dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Err(NoRoots::refuse())
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        #[allow(deprecated)]
-        let provider = rustls::crypto::ring::default_provider();
-        provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
 }
 
 /// An HTTP client error as text: the error and its causes, without the URL (which may carry a

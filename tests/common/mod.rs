@@ -5,11 +5,14 @@
 #![allow(dead_code)]
 
 mod process;
+mod receiver;
 mod redis_server;
 mod ws;
 
 #[allow(unused_imports)]
 pub use process::*;
+#[allow(unused_imports)]
+pub use receiver::*;
 #[allow(unused_imports)]
 pub use redis_server::*;
 #[allow(unused_imports)]
