@@ -134,8 +134,9 @@ pub async fn run(
                 config.dedup_window,
             );
             if config.lifecycle.enabled() {
+                let sink = webhooks.clone().map(|w| w as Arc<dyn lifecycle::Sink>);
                 let emitter =
-                    Emitter::new(config.lifecycle.events.clone(), Arc::clone(&metrics), None);
+                    Emitter::new(config.lifecycle.events.clone(), Arc::clone(&metrics), sink);
                 memory = memory.with_lifecycle(config.lifecycle.grace, emitter);
             }
             let memory = Arc::new(memory);

@@ -54,6 +54,12 @@ impl Request {
             .expect("a numeric timestamp")
     }
 
+    /// The events in the body, in order.
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        let body: serde_json::Value = serde_json::from_slice(&self.body).expect("a JSON body");
+        body["events"].as_array().cloned().expect("an events array")
+    }
+
     /// The `id`s of the events in the body, in order.
     pub fn event_ids(&self) -> Vec<String> {
         let body: serde_json::Value = serde_json::from_slice(&self.body).expect("a JSON body");
@@ -133,6 +139,18 @@ impl Receiver {
             .await
             .expect("a webhook request within the wait")
             .expect("the receiver is running")
+    }
+
+    /// The requests that bring the next `n` events (or more, in a batch's tail).
+    pub async fn events_of_next(&mut self, n: usize) -> Vec<Request> {
+        let mut requests = Vec::new();
+        let mut seen = 0;
+        while seen < n {
+            let request = self.next().await;
+            seen += request.events().len();
+            requests.push(request);
+        }
+        requests
     }
 
     /// The requests until the events with these ids all arrived (a replay may split them over
