@@ -12,8 +12,15 @@ use serde_json::json;
 
 const STREAM: &str = "hub:lifecycle";
 
-/// Every type, a 1 s grace, join/leave in `chat:`.
-const FLAGS: [&str; 4] = ["--lifecycle-events", "*", "--lifecycle-grace-s", "1"];
+/// A node on `redis` emitting `events` (`*`: all) with a grace of `grace` seconds; join and
+/// leave in `chat:` (the default).
+fn lifecycle_node(redis: &RedisServer, node: &str, events: &str, grace: &str) -> TestApp {
+    spawn_node(
+        redis,
+        node,
+        &["--lifecycle-events", events, "--lifecycle-grace-s", grace],
+    )
+}
 
 /// Waits until the lifecycle stream holds exactly `want` (in order), then checks that it stays
 /// so for `settle` (nothing more is emitted).
@@ -40,7 +47,7 @@ async fn stream_becomes(redis: &RedisServer, want: &[&str], settle: Duration) {
 #[actix_rt::test]
 async fn a_connection_and_its_subscription_bring_every_up_event() {
     let redis = RedisServer::start();
-    let node = spawn_node(&redis, "a", &FLAGS);
+    let node = lifecycle_node(&redis, "a", "*", "1");
     let mut alice = Client::connect(&node, "alice").await;
     alice.subscribe("chat:x").await;
     stream_becomes(
@@ -70,7 +77,7 @@ async fn a_connection_and_its_subscription_bring_every_up_event() {
 #[actix_rt::test]
 async fn closing_the_last_connection_brings_every_down_event_after_the_grace() {
     let redis = RedisServer::start();
-    let node = spawn_node(&redis, "a", &FLAGS);
+    let node = lifecycle_node(&redis, "a", "*", "1");
     let mut alice = Client::connect(&node, "alice").await;
     alice.subscribe("chat:x").await;
     stream_becomes(
@@ -109,7 +116,7 @@ async fn closing_the_last_connection_brings_every_down_event_after_the_grace() {
 #[actix_rt::test]
 async fn unsubscribing_vacates_the_channel_but_keeps_the_user_online() {
     let redis = RedisServer::start();
-    let node = spawn_node(&redis, "a", &FLAGS);
+    let node = lifecycle_node(&redis, "a", "*", "1");
     let mut alice = Client::connect(&node, "alice").await;
     alice.subscribe("news").await;
     let r = alice
@@ -132,11 +139,7 @@ async fn unsubscribing_vacates_the_channel_but_keeps_the_user_online() {
 #[actix_rt::test]
 async fn a_reload_inside_the_grace_emits_nothing() {
     let redis = RedisServer::start();
-    let node = spawn_node(
-        &redis,
-        "a",
-        &["--lifecycle-events", "*", "--lifecycle-grace-s", "3"],
-    );
+    let node = lifecycle_node(&redis, "a", "*", "3");
     let mut tab = Client::connect(&node, "alice").await;
     tab.subscribe("chat:x").await;
     let up = [
@@ -157,26 +160,8 @@ async fn a_reload_inside_the_grace_emits_nothing() {
 #[actix_rt::test]
 async fn two_tabs_on_two_nodes_give_one_online_and_one_offline() {
     let redis = RedisServer::start();
-    let a = spawn_node(
-        &redis,
-        "a",
-        &[
-            "--lifecycle-events",
-            "user.online,user.offline",
-            "--lifecycle-grace-s",
-            "1",
-        ],
-    );
-    let b = spawn_node(
-        &redis,
-        "b",
-        &[
-            "--lifecycle-events",
-            "user.online,user.offline",
-            "--lifecycle-grace-s",
-            "1",
-        ],
-    );
+    let a = lifecycle_node(&redis, "a", "user.online,user.offline", "1");
+    let b = lifecycle_node(&redis, "b", "user.online,user.offline", "1");
     let first = Client::connect(&a, "alice").await;
     let second = Client::connect(&b, "alice").await;
     stream_becomes(&redis, &["user.online alice"], Duration::from_millis(300)).await;
@@ -195,16 +180,7 @@ async fn two_tabs_on_two_nodes_give_one_online_and_one_offline() {
 #[actix_rt::test]
 async fn a_server_disconnect_gives_the_reason_disconnected() {
     let redis = RedisServer::start();
-    let node = spawn_node(
-        &redis,
-        "a",
-        &[
-            "--lifecycle-events",
-            "user.online,user.offline",
-            "--lifecycle-grace-s",
-            "1",
-        ],
-    );
+    let node = lifecycle_node(&redis, "a", "user.online,user.offline", "1");
     let mut alice = Client::connect(&node, "alice").await;
     stream_becomes(&redis, &["user.online alice"], Duration::ZERO).await;
     let (status, body) = api_post(&node, "/api/disconnect", r#"{"user":"alice"}"#).await;
@@ -224,16 +200,7 @@ async fn a_server_disconnect_gives_the_reason_disconnected() {
 #[actix_rt::test]
 async fn only_the_named_types_are_emitted() {
     let redis = RedisServer::start();
-    let node = spawn_node(
-        &redis,
-        "a",
-        &[
-            "--lifecycle-events",
-            "channel.occupied,channel.vacated",
-            "--lifecycle-grace-s",
-            "0",
-        ],
-    );
+    let node = lifecycle_node(&redis, "a", "channel.occupied,channel.vacated", "0");
     let mut alice = Client::connect(&node, "alice").await;
     alice.subscribe("chat:x").await;
     drop(alice);
@@ -367,16 +334,7 @@ async fn a_node_taken_for_dead_that_returns_announces_its_users_again() {
 #[actix_rt::test]
 async fn a_redis_restart_loses_no_event() {
     let mut redis = RedisServer::start_durable();
-    let node = spawn_node(
-        &redis,
-        "a",
-        &[
-            "--lifecycle-events",
-            "user.online,user.offline",
-            "--lifecycle-grace-s",
-            "0",
-        ],
-    );
+    let node = lifecycle_node(&redis, "a", "user.online,user.offline", "0");
     let first = Client::connect(&node, "u1").await;
     stream_becomes(&redis, &["user.online u1"], Duration::ZERO).await;
     redis.restart();
@@ -402,7 +360,7 @@ async fn a_redis_restart_loses_no_event() {
 #[actix_rt::test]
 async fn redis_losing_its_state_brings_no_second_online() {
     let mut redis = RedisServer::start();
-    let node = spawn_node(&redis, "a", &FLAGS);
+    let node = lifecycle_node(&redis, "a", "*", "1");
     let mut alice = Client::connect(&node, "alice").await;
     alice.subscribe("chat:x").await;
     let up = [
