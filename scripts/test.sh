@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of realtime-hub, installing first what the tests need on a fresh Debian
 # machine: redis-server (the Redis engine's tests start their own), Chromium and Node.js (the
-# demo page's browser tests), rustfmt and clippy.
+# demo page's browser tests), openssl and Python (an https webhook receiver), rustfmt and
+# clippy.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +17,9 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
+# The https webhook test makes its certificates with openssl and serves them with Python.
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
 if [ ${#missing[@]} -gt 0 ]; then
   phase "installing: ${missing[*]}"
   as_root apt-get update -qq

@@ -248,3 +248,73 @@ async fn memory_a_stopping_node_delivers_its_down_events_first() {
     );
     stopping.join().expect("the node stops");
 }
+
+/// https webhooks go over rustls. To a receiver whose CA the system trusts (here through
+/// `SSL_CERT_FILE`) the events arrive. To one it does not trust every attempt fails, naming
+/// the certificate, each failure a JSON log line with the URL and never the secret.
+#[actix_rt::test]
+async fn https_webhooks_check_the_receiver_s_certificate() {
+    let receiver = HttpsReceiver::start();
+    let url = receiver.url();
+    let ca = receiver.ca.to_string_lossy().into_owned();
+    let envs = |cert_file: String| {
+        vec![
+            ("HUB_JWT_SECRET", SECRET.to_owned()),
+            ("HUB_LIFECYCLE_EVENTS", "user.online".to_owned()),
+            ("HUB_WEBHOOK_URLS", url.clone()),
+            ("HUB_WEBHOOK_SECRET", HOOK_SECRET.to_owned()),
+            ("HUB_WEBHOOK_MAX_ATTEMPTS", "2".to_owned()),
+            ("HUB_LOG_FORMAT", "json".to_owned()),
+            ("SSL_CERT_FILE", cert_file),
+        ]
+    };
+    let trusted_envs = envs(ca);
+    let trusted_envs: Vec<(&str, &str)> =
+        trusted_envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let trusted = HubProcess::start_ready(&trusted_envs).await;
+    let _alice = Client::connect_url(&trusted.ws_url(), &token("alice")).await;
+    let body = receiver
+        .bodies
+        .wait_for(Duration::from_secs(15), |l| l.contains("user.online"))
+        .expect("the event reaches the https receiver");
+    assert!(body.contains(r#""user":"alice""#), "{body}");
+
+    let untrusted_envs = envs("/nonexistent/ca.pem".to_owned());
+    let untrusted_envs: Vec<(&str, &str)> = untrusted_envs
+        .iter()
+        .map(|(k, v)| (*k, v.as_str()))
+        .collect();
+    let mut untrusted = HubProcess::start_ready(&untrusted_envs).await;
+    let _bob = Client::connect_url(&untrusted.ws_url(), &token("bob")).await;
+    let given_up = untrusted
+        .stderr
+        .wait_for(Duration::from_secs(15), |l| {
+            l.contains("webhook batch given up")
+        })
+        .expect("the batch is given up after its attempts");
+    let line: Value = serde_json::from_str(&given_up).expect("a JSON log line");
+    assert_eq!(line["level"], "ERROR", "{line}");
+    assert_eq!(line["url"], url.as_str(), "{line}");
+    let reason = line["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    assert!(
+        reason.contains("certificate") || reason.contains("issuer"),
+        "{line}"
+    );
+    let failed = untrusted.stderr.text();
+    let attempt = failed
+        .lines()
+        .find(|l| l.contains("webhook attempt failed"))
+        .expect("the first attempt's failure is logged");
+    let attempt: Value = serde_json::from_str(attempt).expect("a JSON log line");
+    assert_eq!(
+        (attempt["level"].as_str(), attempt["attempt"].as_u64()),
+        (Some("WARN"), Some(1))
+    );
+    assert!(attempt["next_retry_ms"].as_u64().is_some(), "{attempt}");
+    assert!(!failed.contains(HOOK_SECRET), "the secret is never logged");
+    assert!(receiver.bodies.text().lines().all(|l| !l.contains("bob")));
+    untrusted.assert_healthy();
+}

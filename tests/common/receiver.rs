@@ -255,3 +255,143 @@ pub fn verifies(secret: &[u8], timestamp: &str, body: &[u8], signature: &str) ->
     mac.update(body);
     mac.verify_slice(&expected).is_ok()
 }
+
+/// A real https receiver: a certificate authority and a `localhost` server certificate made
+/// with the `openssl` command in a temporary directory, served by Python's `http.server` over
+/// `ssl` on a port it chose. Every request's body is one line on its stdout; it answers 204.
+pub struct HttpsReceiver {
+    child: std::process::Child,
+    pub port: u16,
+    /// The CA certificate (PEM) a client must trust to reach it.
+    pub ca: std::path::PathBuf,
+    pub bodies: super::Lines,
+    dir: std::path::PathBuf,
+}
+
+impl HttpsReceiver {
+    pub fn start() -> HttpsReceiver {
+        use std::process::{Command, Stdio};
+        let dir = std::env::temp_dir().join(format!(
+            "realtime-hub-https-receiver-{}-{}",
+            std::process::id(),
+            closed_port()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("a directory for the certificates");
+        std::fs::write(
+            dir.join("server.ext"),
+            "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n\
+             keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+        )
+        .expect("the extensions file");
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(&dir)
+                .output()
+                .expect("openssl runs");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=realtime-hub test CA",
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ]);
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+        ]);
+        let server = r#"
+import http.server, ssl, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        print(body.decode(), flush=True)
+        self.send_response(204)
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+httpd = http.server.HTTPServer(("127.0.0.1", 0), H)
+tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+tls.load_cert_chain("server.pem", "server.key")
+httpd.socket = tls.wrap_socket(httpd.socket, server_side=True)
+print("port", httpd.server_address[1], flush=True)
+httpd.serve_forever()
+"#;
+        let mut child = Command::new("python3")
+            .args(["-c", server])
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python3 runs");
+        let bodies = super::Lines::read_from(child.stdout.take().expect("stdout pipe"));
+        let line = bodies
+            .wait_for(LONG_WAIT, |l| l.starts_with("port "))
+            .expect("the https receiver says its port");
+        let port = line
+            .trim_start_matches("port ")
+            .trim()
+            .parse()
+            .expect("a port number");
+        HttpsReceiver {
+            child,
+            port,
+            ca: dir.join("ca.pem"),
+            bodies,
+            dir,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://localhost:{}/hook", self.port)
+    }
+}
+
+impl Drop for HttpsReceiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
