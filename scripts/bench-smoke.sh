@@ -24,8 +24,9 @@ case "$PROFILE" in
   release | debug) ;;
   *) echo "BENCH_SMOKE_PROFILE must be release or debug, not $PROFILE" >&2; exit 2 ;;
 esac
-HUB="$ROOT/target/$PROFILE/realtime-hub"
-LOADGEN="$ROOT/target/$PROFILE/hub-loadgen"
+TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
+HUB="$TARGET/$PROFILE/realtime-hub"
+LOADGEN="$TARGET/$PROFILE/hub-loadgen"
 SECRET="bench-smoke-secret"
 API_KEY="bench-smoke-key"
 OUT="${BENCH_SMOKE_DIR:-$(mktemp -d /tmp/bench-smoke.XXXXXX)}"

@@ -45,7 +45,7 @@ BENCH_SMOKE_PROFILE=debug scripts/bench-smoke.sh
 if [ -x tests/browser/run.sh ]; then
   phase "browser tests (Playwright on Debian's Chromium)"
   cargo build --workspace --all-targets --quiet
-  HUB_BIN="$PWD/target/debug/realtime-hub" tests/browser/run.sh
+  HUB_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/realtime-hub" tests/browser/run.sh
 fi
 
 phase "done"
