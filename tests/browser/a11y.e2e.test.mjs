@@ -1,30 +1,23 @@
 // Accessibility of the demo page, as far as a test can measure it: every control has a name,
 // keyboard focus is always visible, and text has enough contrast, in the light and dark themes.
-import { after, afterEach, before, test } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
-import { Hub } from "./lib/hub.mjs";
 import { artifact } from "./lib/paths.mjs";
 import { contrastProblems, focusRingProblems, unnamedControls } from "./lib/a11y.mjs";
-import { endOfTest, launchBrowser, openPage, signIn, unexpectedProblems } from "./lib/browser.mjs";
+import { openPage, signIn, unexpectedProblems, useHubAndBrowser } from "./lib/browser.mjs";
 
 let hub;
 let chrome;
 
-before(async () => {
-  hub = await Hub.start();
-  chrome = await launchBrowser();
+// One hub and one Chromium for the file; a failed test leaves screenshots of its pages (and
+// what they logged) in the artifacts directory.
+useHubAndBrowser(async (h, c) => {
+  hub = h;
+  chrome = c;
   // Something to look at in every kind of element: a service message, a person's message, an event.
   await hub.publish("chat:lobby", { text: "Welcome to the lobby" }, { event_type: "chat.message" });
   await hub.publish("dashboard:orders", { event_type: "order.placed", aggregate_id: "order-1", total: 12.5 }, { event_type: "order.placed" });
   await hub.publish("dashboard:sensors", { event_type: "sensor.reading", aggregate_id: "sensor-1", temperature_c: 20 }, { event_type: "sensor.reading" });
-});
-
-// A failed test leaves screenshots of its pages (and what they logged) in the artifacts directory.
-afterEach((t) => endOfTest(t, { hub }));
-
-after(async () => {
-  await chrome?.close();
-  await hub?.stop();
 });
 
 /** Runs the three checks on what the page shows now; returns what failed, by check. */

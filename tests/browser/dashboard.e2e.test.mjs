@@ -1,25 +1,18 @@
 // The live dashboard follows the hub's own figures and the domain-event channels.
-import { after, afterEach, before, test } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
 import { setTimeout as sleep } from "node:timers/promises";
-import { Hub } from "./lib/hub.mjs";
 import { artifact } from "./lib/paths.mjs";
-import { REFUSED, endOfTest, launchBrowser, openPage, signIn, unexpectedProblems } from "./lib/browser.mjs";
+import { REFUSED, openPage, signIn, unexpectedProblems, useHubAndBrowser } from "./lib/browser.mjs";
 
 let hub;
 let chrome;
 
-before(async () => {
-  hub = await Hub.start();
-  chrome = await launchBrowser();
-});
-
-// A failed test leaves screenshots of its pages (and what they logged) in the artifacts directory.
-afterEach((t) => endOfTest(t, { hub }));
-
-after(async () => {
-  await chrome?.close();
-  await hub?.stop();
+// One hub and one Chromium for the file; a failed test leaves screenshots of its pages (and
+// what they logged) in the artifacts directory.
+useHubAndBrowser(async (h, c) => {
+  hub = h;
+  chrome = c;
 });
 
 /** The figure shown in the node table, as a number. */

@@ -1,23 +1,17 @@
 // hub-client.js in Chromium against the real hub (development mode): what the fake-hub tests in
 // hub-client.test.mjs promise holds on the wire too.
-import { after, afterEach, before, test } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
-import { Hub } from "./lib/hub.mjs";
-import { endOfTest, launchBrowser, openPage, unexpectedProblems } from "./lib/browser.mjs";
+import { openPage, unexpectedProblems, useHubAndBrowser } from "./lib/browser.mjs";
 
 let hub;
 let chrome;
 
-before(async () => {
-  hub = await Hub.start();
-  chrome = await launchBrowser();
-});
-
-afterEach((t) => endOfTest(t, { hub }));
-
-after(async () => {
-  await chrome?.close();
-  await hub?.stop();
+// One hub and one Chromium for the file; a failed test leaves screenshots of its pages (and
+// what they logged) in the artifacts directory.
+useHubAndBrowser(async (h, c) => {
+  hub = h;
+  chrome = c;
 });
 
 test("two components subscribed to one room both get its messages, until each unsubscribes", { timeout: 60_000 }, async () => {

@@ -1,24 +1,17 @@
 // A page whose hub goes away comes back by itself and shows what was published meanwhile.
-import { after, afterEach, before, test } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
-import { Hub } from "./lib/hub.mjs";
 import { artifact } from "./lib/paths.mjs";
-import { REFUSED, endOfTest, launchBrowser, openPage, signIn, unexpectedProblems } from "./lib/browser.mjs";
+import { REFUSED, openPage, signIn, unexpectedProblems, useHubAndBrowser } from "./lib/browser.mjs";
 
 let hub;
 let chrome;
 
-before(async () => {
-  hub = await Hub.start();
-  chrome = await launchBrowser();
-});
-
-// A failed test leaves screenshots of its pages (and what they logged) in the artifacts directory.
-afterEach((t) => endOfTest(t, { hub }));
-
-after(async () => {
-  await chrome?.close();
-  await hub?.stop();
+// One hub and one Chromium for the file; a failed test leaves screenshots of its pages (and
+// what they logged) in the artifacts directory.
+useHubAndBrowser(async (h, c) => {
+  hub = h;
+  chrome = c;
 });
 
 const message = (page, text) => page.locator("#messages .msg", { hasText: text });

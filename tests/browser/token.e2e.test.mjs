@@ -1,9 +1,9 @@
 // A hub outside development mode has no /dev/token: the page asks for a token to paste.
-import { after, afterEach, before, test } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { Hub, hubBinary } from "./lib/hub.mjs";
-import { endOfTest, launchBrowser, openPage, unexpectedProblems } from "./lib/browser.mjs";
+import { hubBinary } from "./lib/hub.mjs";
+import { openPage, unexpectedProblems, useHubAndBrowser } from "./lib/browser.mjs";
 
 const SECRET = "browser-tests-secret-0123456789abcdef";
 // The page's probe of /dev/token gets a 404, which Chromium logs as a failed resource load.
@@ -12,18 +12,12 @@ const PROBE_404 = /Failed to load resource: the server responded with a status o
 let hub;
 let chrome;
 
-before(async () => {
-  hub = await Hub.start({ env: { HUB_JWT_SECRET: SECRET } });
-  chrome = await launchBrowser();
-});
-
-// A failed test leaves screenshots of its pages (and what they logged) in the artifacts directory.
-afterEach((t) => endOfTest(t, { hub }));
-
-after(async () => {
-  await chrome?.close();
-  await hub?.stop();
-});
+// One hub and one Chromium for the file; a failed test leaves screenshots of its pages (and
+// what they logged) in the artifacts directory.
+useHubAndBrowser(async (h, c) => {
+  hub = h;
+  chrome = c;
+}, { env: { HUB_JWT_SECRET: SECRET } });
 
 function token(user, ...args) {
   return execFileSync(hubBinary(), ["token", "--user", user, "--secret", SECRET, ...args], { encoding: "utf8" }).trim();

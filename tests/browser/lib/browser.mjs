@@ -1,6 +1,8 @@
 // Headless Chromium (Debian's, not a Playwright download) and helpers to drive the demo page.
 import { writeFileSync } from "node:fs";
+import { after, afterEach, before } from "node:test";
 import { chromium } from "playwright-core";
+import { Hub } from "./hub.mjs";
 import { artifact } from "./paths.mjs";
 
 export const CHROMIUM = process.env.CHROMIUM_PATH || "/usr/bin/chromium";
@@ -26,6 +28,26 @@ export async function launchBrowser() {
     browser,
     close: () => browser.close().catch(() => {}),
   };
+}
+
+/**
+ * The hooks every page test file shares: one real hub (`Hub.start(hubOptions)`) and one Chromium
+ * for the whole file, screenshots of a failed test's pages (see `endOfTest`), and both closed at
+ * the end. `ready(hub, chrome)` gets them once both have started (and may set up more).
+ */
+export function useHubAndBrowser(ready, hubOptions = undefined) {
+  let hub;
+  let chrome;
+  before(async () => {
+    hub = await Hub.start(hubOptions);
+    chrome = await launchBrowser();
+    await ready(hub, chrome);
+  });
+  afterEach((t) => endOfTest(t, { hub }));
+  after(async () => {
+    await chrome?.close();
+    await hub?.stop();
+  });
 }
 
 /**
