@@ -1,5 +1,5 @@
 // The chat view: rooms, history + live messages, presence, and the composer.
-import { $, describeError, h, hueFor, isValidChannel, store, timeElement } from "./ui.js";
+import { $, connectionGone, describeError, h, hueFor, isValidChannel, store, timeElement } from "./ui.js";
 
 const DEFAULT_ROOMS = ["chat:lobby", "chat:random", "chat:dev"];
 const HISTORY_LIMIT = 50;
@@ -186,7 +186,7 @@ export class Chat {
       const again = RETRY_ON_RECONNECT.has(err?.code) ? "retrying when the hub is back" : "select the room to try again";
       $("room-meta").textContent = `Not joined (${again})`;
       // A dropped connection is already shown (status, connection banner); anything else is news.
-      if (err?.code !== "disconnected" && err?.code !== "stopped") {
+      if (!connectionGone(err)) {
         this.banner.show(`Could not enter #${roomLabel(room)}: ${describeError(err)}`, { kind: "room" });
       }
     }
@@ -210,7 +210,9 @@ export class Chat {
       if (seq !== this.enterSeq) return;
       this._merge(hist.publications, { markGaps: true });
     } catch (err) {
-      if (seq === this.enterSeq) this.banner.show(`Could not reload messages: ${describeError(err)}`);
+      if (seq === this.enterSeq && !connectionGone(err)) {
+        this.banner.show(`Could not reload messages: ${describeError(err)}`);
+      }
     }
   }
 
@@ -384,7 +386,9 @@ export class Chat {
       this.presenceLoaded = true;
       this._renderPresence();
     } catch (err) {
-      if (seq === this.enterSeq) this.banner.show(`Could not load who is here: ${describeError(err)}`);
+      if (seq === this.enterSeq && !connectionGone(err)) {
+        this.banner.show(`Could not load who is here: ${describeError(err)}`);
+      }
     } finally {
       if (this._presenceChanges === changes) this._presenceChanges = null;
     }

@@ -1,7 +1,7 @@
 // The live dashboard: per-node figures from `dashboard:hub` as a table and four line charts, and a
 // feed of domain events from other `dashboard:*` channels.
 import { LineChart } from "./chart.js";
-import { $, describeError, formatNumber, h, isValidChannel, store, timeElement } from "./ui.js";
+import { $, connectionGone, describeError, formatNumber, h, isValidChannel, store, timeElement } from "./ui.js";
 
 const HUB_CHANNEL = "dashboard:hub";
 const DEFAULT_FEEDS = ["dashboard:orders", "dashboard:sensors"];
@@ -151,6 +151,7 @@ export class Dashboard {
         since: { offset: hist.offset, epoch: hist.epoch },
         onMessage,
         onRecoveryFailed: () => this._backfill(channel).catch((err) => {
+          if (connectionGone(err)) return; // the connection banner says so; the next welcome retries
           this.banner.show(`Could not reload ${channel} after missing events: ${describeError(err)}`, { kind: "dashboard" });
         }),
       });
@@ -165,7 +166,7 @@ export class Dashboard {
           this.retryTimers.delete(channel);
           if (this.following.get(channel) === "failed" && this.hub.state === "connected") this._follow(channel);
         }, RETRY_MS));
-        if (err.code !== "disconnected" && err.code !== "stopped") {
+        if (!connectionGone(err)) {
           this.banner.show(`Could not follow ${channel} (trying again): ${describeError(err)}`, { kind: "dashboard" });
         }
         return;

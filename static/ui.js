@@ -120,6 +120,15 @@ export class Banner {
   }
 }
 
+/**
+ * Whether a request failed only because the connection went (dropped, or closed by the hub):
+ * the status and the connection banner say that already, and a request's own message must not
+ * replace theirs (say, "The server disconnected this session").
+ */
+export function connectionGone(err) {
+  return err?.code === "disconnected" || err?.code === "stopped";
+}
+
 /** Human text for an error from the hub or the client ("forbidden: no permission" etc.). */
 export function describeError(err) {
   if (!err) return "Unknown error";
